@@ -1,0 +1,105 @@
+"""Command line: generate the registration, migrate the database, or run the bridge.
+
+    python -m bridge -g -c config.yaml -r registration.yaml
+    python -m bridge -c config.yaml [--migrate]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from ruamel.yaml import YAML
+
+from bridge import registration
+from bridge.app import StrangerBridge
+from bridge.config import Config, ConfigError
+from bridge.database import DatabaseError, migrate
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    # mautrix logs every request at DEBUG; keep it quieter than ours unless asked.
+    logging.getLogger("mau").setLevel(max(logging.getLevelName(level), logging.INFO))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def load_config(path: str, *, need_tokens: bool) -> Config:
+    config = Config(path)
+    try:
+        config.load()
+    except FileNotFoundError:
+        sys.exit(f"Config file {path} not found (copy config.example.yaml to start)")
+    except Exception as e:  # ruamel raises many kinds of parse errors
+        sys.exit(f"Config file {path} is not valid YAML: {e}")
+    if not isinstance(config._data, dict):
+        sys.exit(f"Config file {path} must be a YAML mapping of keys")
+    config.update(save=False)
+    try:
+        config.validate(need_tokens=need_tokens)
+    except ConfigError as e:
+        sys.exit(f"Invalid configuration in {path}: {e}")
+    return config
+
+
+async def run(config: Config) -> None:
+    bridge = StrangerBridge(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await bridge.start()
+        await stop.wait()
+    finally:
+        await bridge.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bridge", description="Stranger Bridge")
+    parser.add_argument("-c", "--config", default="config.yaml", help="config file")
+    parser.add_argument("-g", "--generate-registration", action="store_true",
+                        help="write the appservice registration and exit")
+    parser.add_argument("-r", "--registration", default="registration.yaml",
+                        help="where -g writes the registration")
+    parser.add_argument("--migrate", action="store_true",
+                        help="bring the database schema up to date and exit")
+    args = parser.parse_args()
+
+    config = load_config(args.config, need_tokens=not args.generate_registration)
+    setup_logging(config["logging.level"], config["logging.format"])
+    if args.generate_registration:
+        reg = registration.generate(config)
+        config.save()
+        with open(args.registration, "w") as f:
+            YAML().dump(reg, f)
+        print(f"Wrote {args.registration}; add it to your homeserver's app_service_config_files "
+              f"and restart the homeserver. Tokens were saved to {args.config}.")
+        return
+    try:
+        if args.migrate:
+            asyncio.run(migrate(config["database.uri"]))
+            print("Database schema is up to date.")
+            return
+        asyncio.run(run(config))
+    except DatabaseError as e:
+        sys.exit(f"Database problem: {e}")
+
+
+if __name__ == "__main__":
+    main()

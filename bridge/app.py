@@ -1,0 +1,126 @@
+"""Wiring: builds the bridge's parts in order, runs them, and stops them gracefully."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+from mautrix.errors import MatrixError
+
+from bridge.background import Background
+from bridge.commands import Commands
+from bridge.config import Config
+from bridge.database import open_database
+from bridge.dispatcher import Dispatcher
+from bridge.handler import Handler
+from bridge.intake import IntakeAppService
+from bridge.pairing import Pairing
+from bridge.portal import Portal
+from bridge.relay.relayer import Relayer
+from bridge.state_store import TrimmedStateStore
+from bridge.store import conversations, inbox
+
+log = logging.getLogger("bridge")
+
+# Handled events are remembered (by ID only) this long: longer than any homeserver retries.
+INBOX_RETENTION_SECONDS = 7 * 24 * 3600
+
+
+class StrangerBridge:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.background = Background()
+        self.pool: asyncpg.Pool | None = None
+        self.appservice: IntakeAppService | None = None
+        self.dispatcher: Dispatcher | None = None
+
+    async def start(self) -> None:
+        c = self.config
+        self.pool = await open_database(
+            c["database.uri"], migrate_on_start=c["database.migrate_on_start"],
+            min_size=c["database.pool_min_size"], max_size=c["database.pool_max_size"])
+        self.state_store = TrimmedStateStore()
+        self.appservice = IntakeAppService(
+            server=c["homeserver.address"], domain=c["homeserver.domain"],
+            verify_ssl=c["homeserver.verify_ssl"], as_token=c["appservice.as_token"],
+            hs_token=c["appservice.hs_token"], bot_localpart=c["appservice.bot_username"],
+            id=c["appservice.id"], state_store=self.state_store, log="bridge.appservice",
+            pool=self.pool, on_recorded=lambda rooms: self.dispatcher.kick(rooms),
+            default_http_retry_count=4)
+        self.portal = Portal(self.appservice, self.pool, c)
+        handler_ref: list[Handler] = []
+        self.pairing = Pairing(self.pool, c, self.portal,
+                               notify_dm=lambda *a: handler_ref[0].notify_dm(*a),
+                               background=self.background)
+        self.pairing.on_change = self._conversation_changed
+        self.portal.on_closed = self._forget_conversation
+        handler = Handler(self.appservice, self.pool, c, self.portal, self.pairing,
+                          Commands(self.pool, self.pairing), Relayer(self.pool, c, self.portal))
+        handler_ref.append(handler)
+        self.dispatcher = Dispatcher(self.pool, handler.handle)
+
+        await self.appservice.start(host=c["appservice.hostname"], port=c["appservice.port"])
+        await self._prepare_bot()
+        await self.dispatcher.kick_all_pending()
+        await self.pairing.resume()
+        self.background.spawn(self.pairing.run_invite_timer(), "invite timer")
+        self.background.spawn(self._prune_inbox(), "inbox pruning")
+        # Tell the homeserver we are up, so it re-sends what failed while we were away
+        # now instead of on its backoff timer.
+        try:
+            await self.appservice.intent.appservice_ping(c["appservice.id"])
+        except MatrixError as e:
+            log.warning("Homeserver did not answer the appservice ping: %s", e)
+        self.appservice.ready = True
+        log.info("Stranger Bridge is up as %s", c.bot_mxid)
+
+    async def _prepare_bot(self) -> None:
+        bot = self.appservice.intent
+        # The homeserver may still be starting: keep trying for a while.
+        for attempt in range(30):
+            try:
+                await bot.ensure_registered()
+                break
+            except MatrixError as e:
+                if attempt == 29:
+                    raise
+                log.info("Homeserver not ready (%s); retrying", e)
+                await asyncio.sleep(1)
+        if self.config["appservice.bot_displayname"]:
+            await bot.set_displayname(self.config["appservice.bot_displayname"])
+
+    async def _conversation_changed(self, conversation_id: int) -> None:
+        conv = await conversations.get(self.pool, conversation_id)
+        self.dispatcher.kick([s.room_id for s in conv.sides if s.room_id])
+
+    def _forget_conversation(self, room_ids: list[str], ghost_ids: list[str]) -> None:
+        for room_id in room_ids:
+            self.state_store.forget_room(room_id)
+        for ghost_id in ghost_ids:
+            self.state_store.forget_user(ghost_id)
+            self.appservice.intent.api.children.pop(ghost_id, None)
+
+    async def _prune_inbox(self) -> None:
+        while True:
+            try:
+                await inbox.prune(self.pool, INBOX_RETENTION_SECONDS)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                log.warning("Inbox pruning failed: %s", e)
+            await asyncio.sleep(3600)
+
+    async def stop(self) -> None:
+        """Stop taking transactions, let in-flight work finish, then close."""
+        log.info("Stopping")
+        if self.appservice and self.appservice.runner:
+            await self.appservice.runner.cleanup()
+            self.appservice.runner = None
+        if self.dispatcher:
+            await self.dispatcher.stop()
+        for task in list(self.background._tasks):
+            if task.get_name() in ("invite timer", "inbox pruning"):
+                task.cancel()
+        await self.background.wait(timeout=10)
+        if self.appservice:
+            await self.appservice.stop()
+        if self.pool:
+            await self.pool.close()

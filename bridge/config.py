@@ -1,0 +1,139 @@
+"""The bridge's configuration: the example config is the schema, every value is validated.
+
+Loading copies each known key from the user's file over the example (mautrix's
+convention), then `validate()` checks every value and names the key that is wrong.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from urllib.parse import urlparse
+
+from mautrix.util.config import BaseFileConfig, ConfigUpdateHelper
+
+EXAMPLE_CONFIG = "pkg://bridge/example-config.yaml"
+PLACEHOLDER_TOKEN = "This value is generated when generating the registration"
+
+
+class ConfigError(ValueError):
+    """A config value is missing or invalid; the message names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config key {key}: {problem}")
+        self.key = key
+
+
+class Config(BaseFileConfig):
+    def __init__(self, path: str) -> None:
+        super().__init__(path, EXAMPLE_CONFIG)
+
+    def do_update(self, helper: ConfigUpdateHelper) -> None:
+        copy = helper.copy
+        for key in (
+            "homeserver.address", "homeserver.domain", "homeserver.verify_ssl",
+            "appservice.address", "appservice.hostname", "appservice.port", "appservice.id",
+            "appservice.bot_username", "appservice.bot_displayname",
+            "appservice.as_token", "appservice.hs_token",
+            "database.uri", "database.pool_min_size", "database.pool_max_size",
+            "database.migrate_on_start",
+            "bridge.ghost_localpart_template", "bridge.ghost_displayname",
+            "bridge.invite_timeout", "bridge.max_body_bytes", "bridge.command_prefix",
+            "logging.level", "logging.format",
+        ):
+            copy(key)
+
+    # -- derived values -------------------------------------------------------------------
+
+    @property
+    def bot_mxid(self) -> str:
+        return f"@{self['appservice.bot_username']}:{self['homeserver.domain']}"
+
+    def ghost_mxid(self) -> str:
+        """A new ghost's user ID: random, so two conversations can never be linked."""
+        random_part = "".join(secrets.choice(string.ascii_lowercase + string.digits)
+                              for _ in range(20))
+        localpart = self["bridge.ghost_localpart_template"].format(random=random_part)
+        return f"@{localpart}:{self['homeserver.domain']}"
+
+    @property
+    def ghost_regex(self) -> str:
+        """Regex for every ghost user ID: the registration's exclusive namespace."""
+        prefix, _, suffix = self["bridge.ghost_localpart_template"].partition("{random}")
+        domain = re.escape(self["homeserver.domain"])
+        return f"@{re.escape(prefix)}[a-z0-9]+{re.escape(suffix)}:{domain}"
+
+    def is_ghost(self, user_id: str) -> bool:
+        return re.fullmatch(self.ghost_regex, user_id) is not None
+
+    # -- validation -----------------------------------------------------------------------
+
+    def validate(self, *, need_tokens: bool = True) -> None:
+        """Raise ConfigError naming the first key whose value is missing or invalid."""
+        _url(self, "homeserver.address")
+        _str(self, "homeserver.domain", r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9a-fA-F:.]+\](:\d{1,5})?")
+        _bool(self, "homeserver.verify_ssl")
+        _url(self, "appservice.address")
+        _str(self, "appservice.hostname", r"\S+")
+        _int(self, "appservice.port", 1, 65535)
+        _str(self, "appservice.id", r"[A-Za-z0-9_.\-]+")
+        _str(self, "appservice.bot_username", r"[a-z0-9._=\-/]+")
+        if not isinstance(self["appservice.bot_displayname"], (str, type(None))):
+            raise ConfigError("appservice.bot_displayname", "must be text or empty")
+        if need_tokens:
+            for key in ("appservice.as_token", "appservice.hs_token"):
+                if self[key] == PLACEHOLDER_TOKEN:
+                    raise ConfigError(key, "still the placeholder; generate the registration "
+                                           "with `python -m bridge -g -c CONFIG -r REGISTRATION`")
+                _str(self, key, r"\S{16,}")
+        uri = self["database.uri"]
+        if not isinstance(uri, str) or urlparse(uri).scheme not in ("postgres", "postgresql"):
+            raise ConfigError("database.uri", f"must be a postgresql:// URI, got {uri!r}")
+        _int(self, "database.pool_min_size", 1, 1000)
+        _int(self, "database.pool_max_size", self["database.pool_min_size"], 1000)
+        _bool(self, "database.migrate_on_start")
+        template = self["bridge.ghost_localpart_template"]
+        if not isinstance(template, str) or template.count("{random}") != 1:
+            raise ConfigError("bridge.ghost_localpart_template",
+                              "must contain {random} exactly once, e.g. _stranger_{random}")
+        if not re.fullmatch(r"[a-z0-9._=\-/]+", template.replace("{random}", "x")):
+            raise ConfigError("bridge.ghost_localpart_template",
+                              "may only hold a-z, 0-9 and ._=-/ around {random}")
+        if template.replace("{random}", "") == "":
+            raise ConfigError("bridge.ghost_localpart_template",
+                              "needs a fixed prefix or suffix so real users are not claimed")
+        _str(self, "bridge.ghost_displayname", r".{1,100}")
+        _int(self, "bridge.invite_timeout", 5, 86400)
+        _int(self, "bridge.max_body_bytes", 1, 60000)
+        _str(self, "bridge.command_prefix", r"\S{1,3}")
+        if self["logging.level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("logging.level", f"must be DEBUG, INFO, WARNING or ERROR, "
+                                               f"got {self['logging.level']!r}")
+        if self["logging.format"] not in ("text", "json"):
+            raise ConfigError("logging.format", f"must be text or json, got {self['logging.format']!r}")
+
+
+def _str(config: Config, key: str, pattern: str) -> None:
+    value = config[key]
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"must be set (text), got {value!r}")
+    if not re.fullmatch(pattern, value):
+        raise ConfigError(key, f"has an invalid value {value!r}")
+
+
+def _int(config: Config, key: str, low: int, high: int) -> None:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(key, f"must be a whole number from {low} to {high}, got {value!r}")
+
+
+def _bool(config: Config, key: str) -> None:
+    if not isinstance(config[key], bool):
+        raise ConfigError(key, f"must be true or false, got {config[key]!r}")
+
+
+def _url(config: Config, key: str) -> None:
+    value = config[key]
+    parsed = urlparse(value) if isinstance(value, str) else None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(key, f"must be an http:// or https:// URL, got {value!r}")

@@ -1,0 +1,151 @@
+"""Decides what each incoming event means: the bot's DMs, chat rooms, or nothing of ours."""
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+from mautrix.appservice import AppService
+from mautrix.errors import MatrixRequestError
+from mautrix.types import EventType, MessageType, TextMessageEventContent
+
+from bridge import messages
+from bridge.commands import Commands, parse
+from bridge.config import Config
+from bridge.dispatcher import Outcome
+from bridge.pairing import Pairing
+from bridge.portal import Portal, txn_id
+from bridge.relay.relayer import Relayer
+from bridge.store import conversations, users
+from bridge.store.conversations import Side
+
+log = logging.getLogger("bridge.handler")
+
+LEFT_MEMBERSHIPS = ("leave", "ban")
+
+
+class Handler:
+    def __init__(self, appservice: AppService, pool: asyncpg.Pool, config: Config,
+                 portal: Portal, pairing: Pairing, commands: Commands, relayer: Relayer) -> None:
+        self.appservice = appservice
+        self.pool = pool
+        self.config = config
+        self.portal = portal
+        self.pairing = pairing
+        self.commands = commands
+        self.relayer = relayer
+        self.prefix = config["bridge.command_prefix"]
+
+    @property
+    def bot(self):
+        return self.appservice.intent
+
+    def is_ours(self, user_id: str) -> bool:
+        return user_id == self.config.bot_mxid or self.config.is_ghost(user_id)
+
+    async def reply(self, room_id: str, key: str, cause: str, **values: str) -> None:
+        content = TextMessageEventContent(
+            msgtype=MessageType.NOTICE, body=messages.text(key, prefix=self.prefix, **values))
+        await self.bot.send_message_event(room_id, EventType.ROOM_MESSAGE, content,
+                                          txn_id=txn_id("reply", room_id, cause))
+
+    async def notify_dm(self, user_id: str, key: str, cause: str) -> None:
+        user = await users.get(self.pool, user_id)
+        if user and user.dm_room_id:
+            await self.reply(user.dm_room_id, key, f"{user_id}|{cause}")
+
+    # -- routing ------------------------------------------------------------------------------
+
+    async def handle(self, event: dict) -> Outcome:
+        if event["type"] == "m.room.member" and isinstance(event.get("state_key"), str):
+            return await self.on_member(event)
+        if self.is_ours(event["sender"]) or "state_key" in event:
+            return Outcome.DONE
+        room_id, sender = event["room_id"], event["sender"]
+        if await users.get_by_dm_room(self.pool, room_id, sender):
+            await self.on_dm_event(event)
+            return Outcome.DONE
+        side = await conversations.side_by_room(self.pool, room_id)
+        if side is not None and side.user_id == sender:
+            return await self.on_chat_event(side, event)
+        return Outcome.DONE
+
+    # -- memberships --------------------------------------------------------------------------
+
+    async def on_member(self, event: dict) -> Outcome:
+        target, sender = event["state_key"], event["sender"]
+        membership = event["content"].get("membership")
+        room_id = event["room_id"]
+        if target == self.config.bot_mxid:
+            if membership == "invite" and not self.is_ours(sender):
+                await self.on_bot_invited(room_id, sender, event["event_id"])
+            elif membership in LEFT_MEMBERSHIPS:
+                await users.clear_dm_room(self.pool, room_id)
+            return Outcome.DONE
+        if self.is_ours(target):
+            if membership == "invite" and not self.is_ours(sender):
+                # Ghosts only live in rooms the bridge made; refuse any other invitation.
+                await self.appservice.intent.user(target).leave_room(room_id)
+            return Outcome.DONE
+        if membership in LEFT_MEMBERSHIPS and await users.get_by_dm_room(self.pool, room_id, target):
+            await users.clear_dm_room(self.pool, room_id)
+            await self.bot.leave_room(room_id)
+            return Outcome.DONE
+        side = await conversations.side_by_room(self.pool, room_id)
+        if side is None or side.user_id != target or not side.live:
+            return Outcome.DONE
+        if membership == "join":
+            await self.pairing.joined(side.conversation_id, side.side)
+        elif membership in LEFT_MEMBERSHIPS:
+            await self.pairing.leave(side.conversation_id, target)
+        return Outcome.DONE
+
+    async def on_bot_invited(self, room_id: str, inviter: str, event_id: str) -> None:
+        try:
+            await self.bot.join_room_by_id(room_id)
+        except MatrixRequestError as e:
+            log.warning("Could not join %s after an invite: %s", room_id, e)
+            return
+        await users.set_dm_room(self.pool, inviter, room_id)
+        await self.reply(room_id, "greeting", event_id)
+
+    # -- messages -----------------------------------------------------------------------------
+
+    async def on_dm_event(self, event: dict) -> None:
+        sender, room_id = event["sender"], event["room_id"]
+        if event["type"] == "m.room.encrypted":
+            await self.reply(room_id, "dm_encrypted", event["event_id"])
+            return
+        if event["type"] != "m.room.message":
+            return
+        body = event["content"].get("body")
+        command = parse(body, self.prefix) if isinstance(body, str) else None
+        if command is None:
+            await self.reply(room_id, "not_a_command", event["event_id"])
+            return
+        key = await self.commands.run(sender, command)
+        await self.reply(room_id, key, event["event_id"],
+                         command=f"{self.prefix}{command.name}"[:50])
+
+    async def on_chat_event(self, side: Side, event: dict) -> Outcome:
+        conv = await conversations.get(self.pool, side.conversation_id)
+        if not side.live or conv.state == "ended":
+            return Outcome.DONE
+        body = event["content"].get("body") if event["type"] == "m.room.message" else None
+        command = parse(body, self.prefix) if isinstance(body, str) else None
+        if command is not None and command.name in Commands.IN_CHAT_ROOM:
+            key = await self.commands.run(side.user_id, command)
+            if command.name == "help":
+                await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id, key,
+                                         cause=event["event_id"])
+            else:
+                await self.notify_dm(side.user_id, key, event["event_id"])
+            return Outcome.DONE
+        if conv.state == "opening":
+            # Held until the partner joins, then relayed in order.
+            return Outcome.WAIT
+        if event["type"] == "m.room.encrypted":
+            await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id,
+                                     "refused_encrypted", cause=event["event_id"])
+            return Outcome.DONE
+        await self.relayer.relay(conv, side, event)
+        return Outcome.DONE

@@ -1,0 +1,102 @@
+"""The appservice HTTP API: token check, then each transaction's events recorded durably.
+
+The homeserver retries a transaction until it gets a 200, so we answer 200 only once every
+event in it is in the inbox table, and an error when they could not be stored. Events are
+deduplicated by event ID there (transaction IDs are not reliable across restarts). Handling
+happens afterwards, in order per room (see dispatcher.py).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Awaitable, Callable
+
+import asyncpg
+from aiohttp import web
+from mautrix.appservice import AppService
+
+from bridge.store import inbox
+
+log = logging.getLogger("bridge.intake")
+
+# Larger than any event a homeserver may send (65,536 bytes each) times a full transaction.
+MAX_TRANSACTION_BYTES = 64 * 1024 * 1024
+
+
+def _error(status: int, errcode: str, message: str) -> web.Response:
+    return web.json_response({"errcode": errcode, "error": message}, status=status)
+
+
+def well_formed(event: object) -> bool:
+    """The fields the bridge relies on exist and have the right types."""
+    return (isinstance(event, dict)
+            and all(isinstance(event.get(k), str) and event.get(k)
+                    for k in ("event_id", "room_id", "type", "sender"))
+            and isinstance(event.get("content", {}), dict))
+
+
+class IntakeAppService(AppService):
+    """mautrix's AppService with a transaction endpoint that acknowledges only durable events."""
+
+    def __init__(self, *args, pool: asyncpg.Pool,
+                 on_recorded: Callable[[set[str]], Awaitable[None] | None], **kwargs) -> None:
+        self.pool = pool
+        self.on_recorded = on_recorded
+        kwargs.setdefault("aiohttp_params", {"client_max_size": MAX_TRANSACTION_BYTES})
+        super().__init__(*args, **kwargs)
+
+    def _token_error(self, request: web.Request) -> web.Response | None:
+        token = request.rel_url.query.get("access_token")
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            token = header.removeprefix("Bearer ")
+        if token is None:
+            return _error(401, "M_UNAUTHORIZED", "missing homeserver token")
+        if token != self.hs_token:
+            return _error(403, "M_FORBIDDEN", "invalid homeserver token")
+        return None
+
+    async def _http_handle_transaction(self, request: web.Request) -> web.Response:
+        if (denied := self._token_error(request)) is not None:
+            return denied
+        txn_id = request.match_info["transaction_id"]
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "M_NOT_JSON", "transaction body is not JSON")
+        events = body.get("events") if isinstance(body, dict) else None
+        if not isinstance(events, list):
+            return _error(400, "M_BAD_JSON", "transaction needs an 'events' list")
+        valid = [e for e in events if well_formed(e)]
+        if len(valid) != len(events):
+            log.warning("Transaction %s: skipped %d malformed event(s)", txn_id,
+                        len(events) - len(valid))
+        if valid:
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await inbox.record(conn, valid)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                # Not stored: make the homeserver retry rather than lose the events.
+                log.error("Transaction %s not recorded, asking for a retry: %s", txn_id, e)
+                return _error(503, "M_UNKNOWN", "could not record the transaction, retry later")
+            result = self.on_recorded({e["room_id"] for e in valid})
+            if result is not None:
+                await result
+        log.debug("Transaction %s: recorded %d event(s)", txn_id, len(valid))
+        return web.json_response({})
+
+    async def _http_ping(self, request: web.Request) -> web.Response:
+        if (denied := self._token_error(request)) is not None:
+            return denied
+        return web.json_response({})
+
+    async def _http_query_user(self, request: web.Request) -> web.Response:
+        if (denied := self._token_error(request)) is not None:
+            return denied
+        # Ghosts are created by the bridge itself; nobody else may conjure one.
+        return _error(404, "M_NOT_FOUND", "no such user")
+
+    async def _http_query_alias(self, request: web.Request) -> web.Response:
+        if (denied := self._token_error(request)) is not None:
+            return denied
+        return _error(404, "M_NOT_FOUND", "no such room alias")

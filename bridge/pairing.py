@@ -1,0 +1,154 @@
+"""Queueing, matching, and ending conversations: each step one database transaction,
+followed by the room work (portal) it implies."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+import asyncpg
+
+from bridge import matching
+from bridge.background import Background
+from bridge.config import Config
+from bridge.dispatcher import is_transient
+from bridge.portal import INVITE_FAILED, INVITE_TIMEOUT, LEFT, Portal
+from bridge.store import conversations, queue
+
+log = logging.getLogger("bridge.pairing")
+
+# One matchmaker at a time across every bridge process sharing the database.
+MATCH_LOCK = 0x5742_0001
+MATCH_BATCH = 1000
+
+Notify = Callable[[str, str, str], Awaitable[None]]  # (user_id, message key, cause)
+
+
+class Pairing:
+    def __init__(self, pool: asyncpg.Pool, config: Config, portal: Portal,
+                 notify_dm: Notify, background: Background) -> None:
+        self.pool = pool
+        self.config = config
+        self.portal = portal
+        self.notify_dm = notify_dm
+        self.background = background
+        self._deadline_changed = asyncio.Event()
+        # Called with a conversation's ID when it becomes active or ends: events held in its
+        # rooms until then can now be handled.
+        self.on_change: Callable[[int], Awaitable[None]] | None = None
+
+    async def enqueue(self, user_id: str) -> bool:
+        """Queue the user and try to match; False when they were already waiting."""
+        added = await queue.enqueue(self.pool, user_id)
+        if added:
+            await self.match()
+        return added
+
+    async def match(self) -> list[int]:
+        """Pair everyone who can be paired now and start opening their rooms."""
+        created: list[int] = []
+        while True:
+            batch: list[int] = []
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MATCH_LOCK)
+                waiting = await queue.lock_oldest(conn, MATCH_BATCH)
+                pairs = matching.pair_up(waiting)
+                for a, b in pairs:
+                    batch.append(await conversations.create(
+                        conn, a.user_id, b.user_id, self.config.ghost_mxid(),
+                        self.config.ghost_mxid(), self.config["bridge.invite_timeout"]))
+                await queue.remove_many(conn, [w.user_id for pair in pairs for w in pair])
+            for conversation_id in batch:
+                log.info("Matched conversation %d", conversation_id)
+                self.background.spawn(self.open(conversation_id), f"open {conversation_id}")
+            created += batch
+            if len(waiting) < MATCH_BATCH or not pairs:
+                break
+        if created:
+            self._deadline_changed.set()
+        return created
+
+    async def open(self, conversation_id: int) -> None:
+        try:
+            delivered = await self.portal.open(conversation_id)
+        except Exception as e:
+            if is_transient(e):
+                raise
+            log.exception("Conversation %d: opening failed", conversation_id)
+            delivered = False
+        if not delivered:
+            await self.expire(conversation_id, INVITE_FAILED)
+
+    async def joined(self, conversation_id: int, side: int) -> bool:
+        """A user joined their room; True when the conversation became active."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            activated = await conversations.mark_joined(conn, conversation_id, side)
+        if activated:
+            conv = await conversations.get(self.pool, conversation_id)
+            await self.portal.greet(conv)
+            if self.on_change:
+                await self.on_change(conversation_id)
+        return activated
+
+    async def end(self, conversation_id: int, reason: str, ended_by: str | None,
+                  requeue: list[str] = ()) -> bool:
+        """End a conversation (idempotent), queue `requeue` again, then clean up its rooms."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            ended = await conversations.end(conn, conversation_id, reason, ended_by)
+            if ended:
+                for user_id in requeue:
+                    await queue.enqueue(conn, user_id)
+        if not ended:
+            return False
+        log.info("Conversation %d ended: %s", conversation_id, reason)
+        if self.on_change:
+            await self.on_change(conversation_id)
+        self.background.spawn(self.portal.close(conversation_id), f"close {conversation_id}")
+        if requeue:
+            await self.match()
+        return True
+
+    async def leave(self, conversation_id: int, user_id: str) -> None:
+        """The user left their room: end the chat and look for someone new for them."""
+        if await self.end(conversation_id, LEFT, user_id, requeue=[user_id]):
+            await self.notify_dm(user_id, "requeued", f"left {conversation_id}")
+
+    async def expire(self, conversation_id: int, reason: str = INVITE_TIMEOUT) -> None:
+        """An invite went unanswered: drop the absent side(s), queue the present one again."""
+        conv = await conversations.get(self.pool, conversation_id)
+        if conv is None or conv.state != "opening":
+            return
+        present = [s.user_id for s in conv.sides if s.joined_at is not None]
+        if await self.end(conversation_id, reason, None, requeue=present):
+            for side in conv.sides:
+                if side.joined_at is None:
+                    await self.notify_dm(side.user_id, "invite_expired", f"expired {conv.id}")
+
+    async def run_invite_timer(self) -> None:
+        """Expire unanswered invites when their deadline passes (deadlines live in the
+        database, so they survive restarts)."""
+        while True:
+            self._deadline_changed.clear()
+            try:
+                for conversation_id in await conversations.expired_invites(self.pool):
+                    await self.expire(conversation_id)
+                delay = await conversations.seconds_to_next_deadline(self.pool)
+            except Exception as e:
+                if not is_transient(e):
+                    log.exception("Invite timer failed")
+                delay = 1.0
+            try:
+                await asyncio.wait_for(self._deadline_changed.wait(),
+                                       timeout=60.0 if delay is None else delay + 0.05)
+            except asyncio.TimeoutError:
+                pass
+
+    async def resume(self) -> None:
+        """After a restart: finish opening and closing whatever a crash interrupted."""
+        for conversation_id in await conversations.unfinished(self.pool):
+            conv = await conversations.get(self.pool, conversation_id)
+            if conv.state == "opening":
+                self.background.spawn(self.open(conversation_id), f"open {conversation_id}")
+            elif conv.state == "ended":
+                self.background.spawn(self.portal.close(conversation_id), f"close {conversation_id}")
+        await self.match()

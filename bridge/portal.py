@@ -1,0 +1,131 @@
+"""A conversation's two rooms and ghosts: open them, greet, say goodbye and clean up.
+
+Every step can be repeated: after a crash, start-up calls open() and close() again for
+whatever the database says is unfinished.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Callable
+
+import asyncpg
+from mautrix.appservice import AppService, IntentAPI
+from mautrix.errors import MatrixRequestError
+from mautrix.types import EventType, MessageType, RoomCreatePreset, TextMessageEventContent
+
+from bridge import messages
+from bridge.config import Config
+from bridge.store import conversations
+from bridge.store.conversations import Conversation, Side
+
+log = logging.getLogger("bridge.portal")
+
+# Reasons a conversation ends, as stored in conversations.end_reason.
+LEFT, NEXT, STOP, INVITE_TIMEOUT, INVITE_FAILED = (
+    "left", "next", "stop", "invite_timeout", "invite_failed")
+
+
+def txn_id(kind: str, *parts: object) -> str:
+    """A transaction ID derived from what caused the send, so a repeated send (after a crash,
+    or a retried transaction) is deduplicated by the homeserver instead of sent twice."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:40]
+    return f"sb-{kind}-{digest}"
+
+
+class Portal:
+    def __init__(self, appservice: AppService, pool: asyncpg.Pool, config: Config) -> None:
+        self.appservice = appservice
+        self.pool = pool
+        self.config = config
+        # Told (room IDs, ghost IDs) once a conversation is fully closed, to drop caches.
+        self.on_closed: Callable[[list[str], list[str]], None] | None = None
+
+    def ghost(self, ghost_id: str) -> IntentAPI:
+        return self.appservice.intent.user(ghost_id)
+
+    async def notice(self, intent: IntentAPI, room_id: str, key: str, *, cause: str) -> str:
+        content = TextMessageEventContent(
+            msgtype=MessageType.NOTICE,
+            body=messages.text(key, prefix=self.config["bridge.command_prefix"]))
+        return await intent.send_message_event(room_id, EventType.ROOM_MESSAGE, content,
+                                               txn_id=txn_id(key, room_id, cause))
+
+    # -- opening ----------------------------------------------------------------------------
+
+    async def open(self, conversation_id: int) -> bool:
+        """Create each side's room with its ghost and invite the user. False when an invite
+        could not be delivered at all (the caller ends the conversation)."""
+        conv = await conversations.get(self.pool, conversation_id)
+        if conv is None or conv.state != "opening":
+            return True
+        for side in conv.sides:
+            room_id = side.room_id or await self._create_room(conv, side)
+            if side.joined_at is None:
+                try:
+                    await self.ghost(side.ghost_id).invite_user(
+                        room_id, side.user_id, extra_content={"is_direct": True})
+                except MatrixRequestError as e:
+                    log.warning("Conversation %d: invite to side %d failed: %s",
+                                conv.id, side.side, e)
+                    return False
+        return True
+
+    async def _create_room(self, conv: Conversation, side: Side) -> str:
+        ghost = self.ghost(side.ghost_id)
+        await ghost.ensure_registered()
+        await ghost.set_displayname(self.config["bridge.ghost_displayname"], check_current=False)
+        # No invitees here: createRoom fails whole when the invitee's server is unreachable.
+        room_id = await ghost.create_room(
+            preset=RoomCreatePreset.PRIVATE,
+            is_direct=True,
+            initial_state=[{"type": "m.room.history_visibility", "state_key": "",
+                            "content": {"history_visibility": "invited"}},
+                           {"type": "m.room.guest_access", "state_key": "",
+                            "content": {"guest_access": "forbidden"}}],
+        )
+        await conversations.set_room(self.pool, conv.id, side.side, room_id)
+        log.info("Conversation %d: side %d room %s", conv.id, side.side, room_id)
+        return room_id
+
+    async def greet(self, conv: Conversation) -> None:
+        for side in conv.sides:
+            await self.notice(self.ghost(side.ghost_id), side.room_id, "chat_opened",
+                              cause=conv.id)
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def close(self, conversation_id: int) -> None:
+        """Say goodbye in each room still open and take the ghost out of it."""
+        conv = await conversations.get(self.pool, conversation_id)
+        if conv is None or conv.state != "ended":
+            return
+        for side in conv.sides:
+            if side.closed_at is None:
+                await self._close_side(conv, side)
+                await conversations.mark_closed(self.pool, conv.id, side.side)
+        if self.on_closed:
+            self.on_closed([s.room_id for s in conv.sides if s.room_id],
+                           [s.ghost_id for s in conv.sides])
+
+    async def _close_side(self, conv: Conversation, side: Side) -> None:
+        if side.room_id is None:
+            return
+        ghost = self.ghost(side.ghost_id)
+        partner = conv.partner_of(side)
+        try:
+            if side.joined_at is None:
+                # Take back an invite nobody accepted, so it doesn't linger in their client.
+                await ghost.kick_user(side.room_id, side.user_id, reason="The invite expired")
+            elif conv.ended_by == side.user_id and conv.end_reason in (NEXT, STOP):
+                await self.notice(ghost, side.room_id, "you_left", cause=conv.id)
+            elif conv.ended_by == partner.user_id:
+                await self.notice(ghost, side.room_id, "partner_left", cause=conv.id)
+            elif conv.end_reason in (INVITE_TIMEOUT, INVITE_FAILED):
+                await self.notice(ghost, side.room_id, "partner_no_show", cause=conv.id)
+            await ghost.leave_room(side.room_id)
+        except MatrixRequestError as e:
+            # The user may have left already, or the room is gone: nothing left to clean.
+            if e.http_status >= 500 or e.http_status == 429:
+                raise
+            log.info("Conversation %d: closing side %d: %s", conv.id, side.side, e)

@@ -1,0 +1,149 @@
+"""conversations and conversation_sides: who talks to whom, in which rooms, through which ghosts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+_SIDE_COLUMNS = "conversation_id, side, user_id, ghost_id, room_id, joined_at, live, closed_at"
+
+
+@dataclass(frozen=True)
+class Side:
+    conversation_id: int
+    side: int  # 0 or 1
+    user_id: str
+    ghost_id: str  # the anonymous user in this user's room, standing for the partner
+    room_id: str | None
+    joined_at: datetime | None
+    live: bool
+    closed_at: datetime | None
+
+    @property
+    def other(self) -> int:
+        return 1 - self.side
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    state: str  # opening | active | ended
+    invite_deadline: datetime
+    end_reason: str | None
+    ended_by: str | None
+    sides: tuple[Side, Side]
+
+    def side_of(self, user_id: str) -> Side | None:
+        return next((s for s in self.sides if s.user_id == user_id), None)
+
+    def partner_of(self, side: Side) -> Side:
+        return self.sides[side.other]
+
+
+def _side(row) -> Side:
+    return Side(*(row[c] for c in _SIDE_COLUMNS.split(", ")))
+
+
+async def get(db, conversation_id: int) -> Conversation | None:
+    head = await db.fetchrow(
+        """SELECT id, state, invite_deadline, end_reason, ended_by
+           FROM conversations WHERE id = $1""",
+        conversation_id)
+    if head is None:
+        return None
+    rows = await db.fetch(
+        f"SELECT {_SIDE_COLUMNS} FROM conversation_sides WHERE conversation_id = $1 ORDER BY side",
+        conversation_id)
+    return Conversation(head["id"], head["state"], head["invite_deadline"], head["end_reason"],
+                        head["ended_by"], tuple(_side(r) for r in rows))
+
+
+async def create(conn, user_a: str, user_b: str, ghost_for_a: str, ghost_for_b: str,
+                 invite_timeout: float) -> int:
+    """A new conversation in state 'opening'; ghost_for_a sits in a's room, standing for b."""
+    conversation_id = await conn.fetchval(
+        """INSERT INTO conversations (invite_deadline)
+           VALUES (now() + make_interval(secs => $1)) RETURNING id""", invite_timeout)
+    await conn.executemany(
+        """INSERT INTO conversation_sides (conversation_id, side, user_id, ghost_id)
+           VALUES ($1, $2, $3, $4)""",
+        [(conversation_id, 0, user_a, ghost_for_a), (conversation_id, 1, user_b, ghost_for_b)])
+    return conversation_id
+
+
+async def side_by_room(db, room_id: str) -> Side | None:
+    row = await db.fetchrow(
+        f"SELECT {_SIDE_COLUMNS} FROM conversation_sides WHERE room_id = $1", room_id)
+    return _side(row) if row else None
+
+
+async def live_side_of(db, user_id: str) -> Side | None:
+    row = await db.fetchrow(
+        f"SELECT {_SIDE_COLUMNS} FROM conversation_sides WHERE user_id = $1 AND live", user_id)
+    return _side(row) if row else None
+
+
+async def set_room(db, conversation_id: int, side: int, room_id: str) -> None:
+    await db.execute(
+        "UPDATE conversation_sides SET room_id = $3 WHERE conversation_id = $1 AND side = $2",
+        conversation_id, side, room_id)
+
+
+async def mark_joined(conn, conversation_id: int, side: int) -> bool:
+    """Record the join; True when this join made the conversation active (both are in)."""
+    await conn.execute(
+        """UPDATE conversation_sides SET joined_at = coalesce(joined_at, now())
+           WHERE conversation_id = $1 AND side = $2 AND live""", conversation_id, side)
+    status = await conn.execute(
+        """UPDATE conversations SET state = 'active'
+           WHERE id = $1 AND state = 'opening'
+             AND NOT EXISTS (SELECT 1 FROM conversation_sides
+                             WHERE conversation_id = $1 AND joined_at IS NULL)""",
+        conversation_id)
+    return status.endswith(" 1")
+
+
+async def end(conn, conversation_id: int, reason: str, ended_by: str | None) -> bool:
+    """End the conversation; False when it had already ended (ending is idempotent)."""
+    status = await conn.execute(
+        """UPDATE conversations SET state = 'ended', ended_at = now(), end_reason = $2,
+                                    ended_by = $3
+           WHERE id = $1 AND state <> 'ended'""", conversation_id, reason, ended_by)
+    if not status.endswith(" 1"):
+        return False
+    await conn.execute(
+        "UPDATE conversation_sides SET live = false WHERE conversation_id = $1", conversation_id)
+    return True
+
+
+async def mark_closed(db, conversation_id: int, side: int) -> None:
+    await db.execute(
+        """UPDATE conversation_sides SET closed_at = now()
+           WHERE conversation_id = $1 AND side = $2""", conversation_id, side)
+
+
+async def expired_invites(db) -> list[int]:
+    rows = await db.fetch(
+        "SELECT id FROM conversations WHERE state = 'opening' AND invite_deadline <= now()")
+    return [r["id"] for r in rows]
+
+
+async def seconds_to_next_deadline(db) -> float | None:
+    return await db.fetchval(
+        """SELECT greatest(0, extract(epoch FROM min(invite_deadline) - now()))::float8
+           FROM conversations WHERE state = 'opening'""")
+
+
+async def unfinished(db) -> list[int]:
+    """Conversations whose rooms may be half-made or whose ended rooms are not cleaned up:
+    what start-up must carry on with after a crash."""
+    rows = await db.fetch(
+        """SELECT DISTINCT c.id FROM conversations c JOIN conversation_sides s
+             ON s.conversation_id = c.id
+           WHERE (c.state = 'opening' AND s.room_id IS NULL)
+              OR (NOT s.live AND s.closed_at IS NULL)
+           ORDER BY c.id""")
+    return [r["id"] for r in rows]
+
+
+async def count_live(db) -> int:
+    return await db.fetchval("SELECT count(*) FROM conversations WHERE state <> 'ended'")

@@ -1,0 +1,38 @@
+"""inbox: every event the homeserver delivered, kept until handled, deduplicated by event ID."""
+from __future__ import annotations
+
+import json
+
+
+async def record(conn, events: list[dict]) -> None:
+    """Store events durably; an event seen before (a retried transaction) is ignored."""
+    await conn.executemany(
+        """INSERT INTO inbox (event_id, room_id, event) VALUES ($1, $2, $3::jsonb)
+           ON CONFLICT (event_id) DO NOTHING""",
+        [(e["event_id"], e["room_id"], json.dumps(e)) for e in events])
+
+
+async def pending(db, room_id: str, limit: int = 50) -> list[tuple[int, dict]]:
+    rows = await db.fetch(
+        """SELECT seq, event FROM inbox WHERE room_id = $1 AND handled_at IS NULL
+           ORDER BY seq LIMIT $2""", room_id, limit)
+    return [(row["seq"], json.loads(row["event"])) for row in rows]
+
+
+async def mark_handled(db, seq: int) -> None:
+    # The body is dropped: the event ID alone keeps deduplication working.
+    await db.execute("UPDATE inbox SET handled_at = now(), event = NULL WHERE seq = $1", seq)
+
+
+async def rooms_with_pending(db) -> list[str]:
+    rows = await db.fetch(
+        "SELECT room_id FROM inbox WHERE handled_at IS NULL GROUP BY room_id ORDER BY min(seq)")
+    return [row["room_id"] for row in rows]
+
+
+async def prune(db, older_than_seconds: float) -> int:
+    """Forget handled events once no homeserver would still retry them."""
+    status = await db.execute(
+        """DELETE FROM inbox WHERE handled_at IS NOT NULL
+           AND handled_at < now() - make_interval(secs => $1)""", older_than_seconds)
+    return int(status.split()[-1])
