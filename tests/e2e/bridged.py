@@ -1,0 +1,175 @@
+"""A federated lab with the real bridge registered on the first homeserver."""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from bridge.lab.bridge_process import BridgeProcess, generate_registration, write_config
+from bridge.lab.client import LabClient, Seen
+from bridge.lab.synapse import Lab, free_port
+
+BOT_LOCALPART = "strangerbot"
+
+
+@dataclass
+class BridgedLab:
+    lab: Lab
+    bridge: BridgeProcess
+    database_uri: str
+    clients: list[LabClient] = field(default_factory=list)
+
+    @property
+    def bot_id(self) -> str:
+        return f"@{BOT_LOCALPART}:{self.lab.homeservers[0].server_name}"
+
+    @property
+    def bridge_domain(self) -> str:
+        return self.lab.homeservers[0].server_name
+
+    async def client(self, hs_index: int, name: str) -> LabClient:
+        """A new user with a unique localpart and a display name, syncing."""
+        hs = self.lab.homeservers[hs_index]
+        localpart = f"{name.lower()}{uuid.uuid4().hex[:8]}"
+        display_name = f"{name} Q{uuid.uuid4().hex[:10]}"
+        user = await hs.register_user(localpart, displayname=display_name)
+        client = await LabClient.login(user)
+        client.display_name = display_name
+        await client.start_syncing()
+        self.clients.append(client)
+        return client
+
+    async def open_dm(self, client: LabClient) -> str:
+        """DM the bot the way clients do; returns the room once the bot has greeted."""
+        mark = client.mark()
+        room_id = await client.create_dm(self.bot_id)
+        await client.wait_for_event(
+            lambda s: s.room_id == room_id and s.sender == self.bot_id
+            and "agree" in (s.body or ""), since=mark, description="greeting")
+        return room_id
+
+    async def command(self, client: LabClient, dm: str, text: str, expect: str) -> Seen:
+        """Send a command in the DM and wait for the bot's reply containing `expect`."""
+        mark = client.mark()
+        await client.send_text(dm, text)
+        return await client.wait_for_event(
+            lambda s: s.room_id == dm and s.sender == self.bot_id and expect in (s.body or ""),
+            since=mark, description=f"reply to {text!r} containing {expect!r}")
+
+    async def ready_user(self, hs_index: int, name: str) -> tuple[LabClient, str]:
+        client = await self.client(hs_index, name)
+        dm = await self.open_dm(client)
+        await self.command(client, dm, "!agree", "Thanks")
+        return client, dm
+
+    async def accept_chat(self, client: LabClient, since: int, opened: bool = True) -> str:
+        """Wait for the ghost's invite, join, and (when `opened`) wait for the opening notice."""
+        room_id = await client.wait_for_invite(
+            lambda s: re.match(r"@_stranger_", s.sender or "") is not None, since=since)
+        await client.join(room_id)
+        if not opened:
+            return room_id
+        await client.wait_for_event(
+            lambda s: s.room_id == room_id and "now chatting" in (s.body or ""), since=since,
+            description="chat opened notice")
+        return room_id
+
+    async def pair(self, a: LabClient, a_dm: str, b: LabClient, b_dm: str) -> tuple[str, str]:
+        """Both !start, accept their invites, and see the chat open; returns their rooms."""
+        a_mark, b_mark = a.mark(), b.mark()
+        await self.command(a, a_dm, "!start", "Looking")
+        await self.command(b, b_dm, "!start", "Looking")
+        return await self.accept_both(a, a_mark, b, b_mark)
+
+    async def accept_both(self, a: LabClient, a_mark: int, b: LabClient, b_mark: int):
+        a_room = await self.accept_chat(a, a_mark, opened=False)
+        b_room = await self.accept_chat(b, b_mark, opened=False)
+        for client, room, mark in ((a, a_room, a_mark), (b, b_room, b_mark)):
+            await client.wait_for_event(
+                lambda s: s.room_id == room and "now chatting" in (s.body or ""), since=mark,
+                description="chat opened notice")
+        return a_room, b_room
+
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            await client.close()
+        self.clients.clear()
+
+
+async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str,
+                            **config_overrides) -> BridgedLab:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {database_name} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {database_name}")
+    finally:
+        await admin.close()
+    database_uri = re.sub(r"/[^/]*$", f"/{database_name}", admin_dsn)
+    # Ports and names exist before start, so config and registration can be written first.
+    registration = root / "registration.yaml"
+    lab = Lab(root / "lab", count=2, appservice_registrations={0: [registration]})
+    hs1 = lab.homeservers[0]
+    port = free_port()
+    config = root / "bridge-config.yaml"
+    write_config(config, homeserver_url=hs1.client_url, domain=hs1.server_name, port=port,
+                 database_uri=database_uri, **{"appservice.bot_username": BOT_LOCALPART,
+                                                "logging.level": "DEBUG", **config_overrides})
+    await generate_registration(config, registration)
+    await lab.start()
+    bridge = BridgeProcess(config, port, root / "bridge.log")
+    try:
+        await bridge.start()
+    except Exception:
+        await lab.stop()
+        raise
+    return BridgedLab(lab, bridge, database_uri)
+
+
+def identifiers_of(client: LabClient) -> dict[str, str]:
+    user_id = client.user_id
+    localpart, server = user_id[1:].split(":", 1)
+    return {"user id": user_id, "localpart": localpart, "server name": server,
+            "display name": client.display_name,
+            "display name's unique part": client.display_name.split()[-1]}
+
+
+def leaks(events: list[dict], who: LabClient, *, allowed_server: str | None = None) -> list[str]:
+    """Which of `who`'s identifiers appear anywhere in `events` (raw JSON, every field).
+    `allowed_server` is the bridge's own server name: it necessarily appears in the ghost's
+    and bot's IDs, so it only counts as a leak when it is `who`'s server elsewhere."""
+    text = json.dumps(events)
+    found = []
+    for label, value in identifiers_of(who).items():
+        if label == "server name" and value == allowed_server:
+            continue
+        if value and value in text:
+            found.append(f"{label} {value!r}")
+    return found
+
+
+@pytest_asyncio.fixture(scope="session")
+async def bridged(tmp_path_factory: pytest.TempPathFactory) -> BridgedLab:
+    """Two federating homeservers with the real bridge on the first (session-wide)."""
+    from tests.conftest import ADMIN_DSN, _admin
+    await (await _admin()).close()  # fails clearly when PostgreSQL is missing
+    lab = await start_bridged_lab(tmp_path_factory.mktemp("bridged"), ADMIN_DSN,
+                                  f"stranger_e2e_{uuid.uuid4().hex[:8]}",
+                                  **{"bridge.invite_timeout": 15})
+    try:
+        yield lab
+    finally:
+        await lab.close_clients()
+        await lab.bridge.stop()
+        await lab.lab.stop()
+        admin = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await admin.execute(
+                f"DROP DATABASE IF EXISTS {lab.database_uri.rsplit('/', 1)[1]} WITH (FORCE)")
+        finally:
+            await admin.close()
