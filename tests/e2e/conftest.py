@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
 from bridge.lab.client import LabClient
 from bridge.lab.synapse import Lab, LabUser
+from tests.conftest import ADMIN_DSN, _admin
+from bridge.lab.bridged import BridgedLab, start_bridged_lab
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -36,3 +40,38 @@ async def make_client() -> AsyncIterator[Callable[[LabUser], Awaitable[LabClient
     yield make
     for client in clients:
         await client.close()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def bridged(tmp_path_factory: pytest.TempPathFactory) -> BridgedLab:
+    """Two federating homeservers with the real bridge on the first (session-wide)."""
+    await (await _admin()).close()  # fails clearly when PostgreSQL is missing
+    lab = await start_bridged_lab(tmp_path_factory.mktemp("bridged"), ADMIN_DSN,
+                                  f"stranger_e2e_{uuid.uuid4().hex[:8]}",
+                                  **{"bridge.invite_timeout": 15})
+    try:
+        yield lab
+    finally:
+        await lab.close_clients()
+        await lab.bridge.stop()
+        await lab.lab.stop()
+        admin = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await admin.execute(
+                f"DROP DATABASE IF EXISTS {lab.database_uri.rsplit('/', 1)[1]} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _empty_queue_between_tests(request: pytest.FixtureRequest):
+    """Tests share one bridge: users a test left waiting must not be matched in the next."""
+    yield
+    if "bridged" in request.fixturenames:
+        lab: BridgedLab = request.getfixturevalue("bridged")
+        conn = await asyncpg.connect(lab.database_uri)
+        try:
+            await conn.execute("DELETE FROM waiting")
+        finally:
+            await conn.close()
+        await lab.close_clients()

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from tests.e2e.bridged import BridgedLab, bridged, leaks  # noqa: F401 (fixture)
+from bridge.lab.bridged import BridgedLab
+from tests.e2e.anonymity import leaks
 
 pytestmark = pytest.mark.e2e
 

@@ -1,15 +1,14 @@
-"""A federated lab with the real bridge registered on the first homeserver."""
+"""A federated lab with the real bridge registered on the first homeserver, and the
+steps a user takes with it (DM the bot, agree, start, accept the chat). Used by the
+end-to-end tests and the benchmarks."""
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-import pytest
-import pytest_asyncio
 
 from bridge.lab.bridge_process import BridgeProcess, generate_registration, write_config
 from bridge.lab.client import LabClient, Seen
@@ -130,46 +129,3 @@ async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str,
         raise
     return BridgedLab(lab, bridge, database_uri)
 
-
-def identifiers_of(client: LabClient) -> dict[str, str]:
-    user_id = client.user_id
-    localpart, server = user_id[1:].split(":", 1)
-    return {"user id": user_id, "localpart": localpart, "server name": server,
-            "display name": client.display_name,
-            "display name's unique part": client.display_name.split()[-1]}
-
-
-def leaks(events: list[dict], who: LabClient, *, allowed_server: str | None = None) -> list[str]:
-    """Which of `who`'s identifiers appear anywhere in `events` (raw JSON, every field).
-    `allowed_server` is the bridge's own server name: it necessarily appears in the ghost's
-    and bot's IDs, so it only counts as a leak when it is `who`'s server elsewhere."""
-    text = json.dumps(events)
-    found = []
-    for label, value in identifiers_of(who).items():
-        if label == "server name" and value == allowed_server:
-            continue
-        if value and value in text:
-            found.append(f"{label} {value!r}")
-    return found
-
-
-@pytest_asyncio.fixture(scope="session")
-async def bridged(tmp_path_factory: pytest.TempPathFactory) -> BridgedLab:
-    """Two federating homeservers with the real bridge on the first (session-wide)."""
-    from tests.conftest import ADMIN_DSN, _admin
-    await (await _admin()).close()  # fails clearly when PostgreSQL is missing
-    lab = await start_bridged_lab(tmp_path_factory.mktemp("bridged"), ADMIN_DSN,
-                                  f"stranger_e2e_{uuid.uuid4().hex[:8]}",
-                                  **{"bridge.invite_timeout": 15})
-    try:
-        yield lab
-    finally:
-        await lab.close_clients()
-        await lab.bridge.stop()
-        await lab.lab.stop()
-        admin = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await admin.execute(
-                f"DROP DATABASE IF EXISTS {lab.database_uri.rsplit('/', 1)[1]} WITH (FORCE)")
-        finally:
-            await admin.close()

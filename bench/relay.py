@@ -1,0 +1,99 @@
+"""Relay latency: send -> seen in the partner's client, through the bridge vs a direct DM.
+
+Starts two federating Synapses on loopback with the real bridge on the first, pairs alice
+(hs1) with bob (hs2), and times N messages each way of sending (one at a time, each timed
+from the send call until bob's sync delivers it). The direct DM between the same two
+users on the same homeservers is the baseline.
+
+    python bench/relay.py [-n 200] [--json FILE]
+
+Needs PostgreSQL (STRANGER_TEST_PG, default postgresql://postgres@127.0.0.1:5432/postgres).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import asyncpg  # noqa: E402
+
+from bridge.lab.bridged import start_bridged_lab  # noqa: E402
+from bridge.lab.client import LabClient  # noqa: E402
+
+ADMIN_DSN = os.environ.get("STRANGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+WARMUP = 5
+
+
+def summary(samples_ms: list[float]) -> dict:
+    ordered = sorted(samples_ms)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"median_ms": round(statistics.median(ordered), 1), "p95_ms": round(p95, 1),
+            "n": len(ordered)}
+
+
+async def measure(sender: LabClient, sender_room: str, receiver: LabClient,
+                  receiver_room: str, count: int, label: str) -> list[float]:
+    samples = []
+    for i in range(WARMUP + count):
+        body = f"{label} {i} {uuid.uuid4().hex[:6]}"
+        mark = receiver.mark()
+        start = time.perf_counter()
+        await sender.send_text(sender_room, body)
+        await receiver.wait_for_message(receiver_room, body, since=mark)
+        if i >= WARMUP:
+            samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+async def main(count: int, json_path: str | None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-relay-") as root:
+        db = f"stranger_bench_{uuid.uuid4().hex[:8]}"
+        lab = await start_bridged_lab(Path(root), ADMIN_DSN, db,
+                                      **{"logging.level": "WARNING"})
+        try:
+            alice, alice_dm = await lab.ready_user(0, "Alice")
+            bob, bob_dm = await lab.ready_user(1, "Bob")
+            alice_room, bob_room = await lab.pair(alice, alice_dm, bob, bob_dm)
+            bridge = await measure(alice, alice_room, bob, bob_room, count, "bridge")
+
+            direct_room = await alice.create_dm(bob.user_id)
+            await bob.wait_for_invite(lambda s: s.room_id == direct_room)
+            await bob.join(direct_room)
+            await alice.wait_for_event(lambda s: s.room_id == direct_room and
+                                       s.membership == "join" and s.state_key == bob.user_id)
+            direct = await measure(alice, direct_room, bob, direct_room, count, "direct")
+        finally:
+            await lab.close_clients()
+            await lab.bridge.stop()
+            await lab.lab.stop()
+            admin = await asyncpg.connect(ADMIN_DSN)
+            await admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            await admin.close()
+    result = {"bridge": summary(bridge), "direct": summary(direct)}
+    result["ratio_median"] = round(result["bridge"]["median_ms"] / result["direct"]["median_ms"], 2)
+    print(f"{'path':<8} {'n':>5} {'median ms':>10} {'p95 ms':>8}")
+    for path in ("bridge", "direct"):
+        r = result[path]
+        print(f"{path:<8} {r['n']:>5} {r['median_ms']:>10} {r['p95_ms']:>8}")
+    print(f"ratio of medians (bridge / direct): {result['ratio_median']}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {json_path}")
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--messages", type=int, default=200)
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    asyncio.run(main(args.messages, args.json))

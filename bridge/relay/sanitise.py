@@ -1,0 +1,314 @@
+"""The anonymity boundary: every relayed event's content passes through `sanitise`.
+
+The output is built from scratch (allow-list): only keys we understand are copied, after
+checking their types, so nothing a client or a future spec adds can carry the sender's
+identity across. Pure: no I/O; the caller supplies the event-id mapping.
+"""
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import unquote, urlsplit
+
+import nh3
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str  # message key ("unsupported_msgtype", "too_long", "malformed", ...)
+    detail: str = ""  # for logs; fixed strings only, never message text or client-set values
+
+
+class _Refuse(Exception):
+    """Raised with Refused's fields wherever a check fails; sanitise() returns the Refused."""
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    map_event_id: Callable[[str], str | None]
+    max_body_bytes: int
+
+    def map(self, event_id: str) -> str | None:
+        mapped = self.map_event_id(event_id)
+        return mapped if isinstance(mapped, str) else None
+
+
+HTML_FORMAT = "org.matrix.custom.html"
+PILL_TEXT = "Stranger"
+MAX_HTML_DEPTH = 100  # the spec forbids deeper nesting; deeper output could hurt the partner's client
+
+# --- HTML ------------------------------------------------------------------------------------
+
+_TAGS = {
+    "font", "del", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "p", "a", "ul", "ol",
+    "sup", "sub", "li", "b", "i", "u", "strong", "em", "s", "strike", "code", "hr", "br", "div",
+    "table", "thead", "tbody", "tr", "th", "td", "caption", "pre", "span", "details", "summary",
+}  # no img: its mxc:// src names the sender's homeserver
+_COLOUR_ATTRS = {"data-mx-bg-color", "data-mx-color", "color"}
+# "*": nothing, else nh3 keeps its default generic attributes (title, lang) on every tag.
+_ATTRS = {"*": set(), "font": _COLOUR_ATTRS, "span": {"data-mx-bg-color", "data-mx-color", "data-mx-spoiler"},
+          "a": {"href"}, "ol": {"start"}, "code": {"class"}}
+# Dropped with their content; mx-reply is the reply fallback, which quotes the sender's id.
+_DROP_WITH_CONTENT = {"mx-reply", "script", "style", "iframe", "noscript", "template", "textarea"}
+_PILL_HREF = "matrix:x-stranger-pill"  # input matrix: hrefs all lose their href, so none can equal this
+
+_COLOUR = re.compile(r"#[0-9A-Fa-f]{6}")
+_LANGUAGE_CLASS = re.compile(r"language-[A-Za-z0-9_+#.-]{1,40}")
+_MATRIX_USER_URI = re.compile(r"matrix:(//[^/]*/)?u/")
+# Permalinks under a custom prefix (e.g. an Element deployment's own domain).
+_USER_ID_IN_URL = re.compile(r"[/#=]@[^/:?#\s]+:[a-z0-9.\-\[\]]")
+_ROOM_OR_EVENT_IN_URL = re.compile(r"[/#=][!#][^/?#\s]+:|/\$[\w\-+/=]{8,}|[?&]via=")
+
+
+def _unquote_fully(s: str) -> str:
+    for _ in range(3):  # double-encoded %2540 must not hide an @
+        s, before = unquote(s), s
+        if s == before:
+            break
+    return s
+
+
+def _classify_href(href: str) -> str:
+    """'user' (a pill: replace the whole link), 'matrix' (room/event link: drop href) or 'ok'."""
+    url = _unquote_fully(href).strip().lower()
+    if url.startswith("matrix:"):
+        return "user" if _MATRIX_USER_URI.match(url) else "matrix"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. a broken [IPv6] host: not worth keeping
+        return "matrix"
+    if host in ("matrix.to", "www.matrix.to"):
+        # Anything on matrix.to that is not plainly a room or event is treated as a user.
+        return "matrix" if parts.fragment.lstrip("/")[:1] in ("!", "#", "$") else "user"
+    if _USER_ID_IN_URL.search(url):
+        return "user"
+    return "matrix" if _ROOM_OR_EVENT_IN_URL.search(url) else "ok"
+
+
+def _filter_attribute(tag: str, attr: str, value: str) -> str | None:
+    if attr in _COLOUR_ATTRS:
+        return value if _COLOUR.fullmatch(value) else None
+    if attr == "start":
+        return value if value.isascii() and value.isdigit() and len(value) <= 6 else None
+    if attr == "class":
+        return " ".join(c for c in value.split() if _LANGUAGE_CLASS.fullmatch(c)) or None
+    if attr == "href":
+        kind = _classify_href(value)
+        return _PILL_HREF if kind == "user" else None if kind == "matrix" else value
+    return value
+
+
+_CLEANER = nh3.Cleaner(
+    tags=_TAGS,
+    clean_content_tags=_DROP_WITH_CONTENT,
+    attributes=_ATTRS,
+    tag_attribute_values={"a": {"target": {"_blank"}}},
+    attribute_filter=_filter_attribute,
+    # matrix: is allowed only so the filter sees those hrefs (nh3 drops other schemes before
+    # calling it, which would keep a matrix:u/ pill's display name); the filter removes them all.
+    url_schemes={"http", "https", "mailto", "matrix"},
+    url_relative="deny",
+    link_rel=None,
+)
+# nh3 output is normalised: attribute values are double-quoted with <, > and " escaped, and
+# text has < escaped, so these regexes see real tags only.
+_PILL = re.compile(r'<a [^>]*href="' + _PILL_HREF + r'"[^>]*>((?:(?!<a[ >]).)*?)</a>', re.DOTALL)
+_TAG = re.compile(r"<(/?)([a-z][a-z0-9]*)[^>]*>")
+
+
+def _text_of(fragment: str) -> str:
+    return html.unescape(_TAG.sub("", fragment))
+
+
+def _too_deep(cleaned: str) -> bool:
+    depth = 0
+    for m in _TAG.finditer(cleaned):
+        if m.group(2) not in ("br", "hr"):
+            depth += -1 if m.group(1) else 1
+            if depth > MAX_HTML_DEPTH:
+                return True
+    return False
+
+
+def _clean_html(formatted: str, limit: int) -> tuple[str | None, list[str]]:
+    """Sanitised HTML (None if nothing worth keeping) and the display names of replaced pills."""
+    names: list[str] = []
+
+    def replace_pill(m: re.Match[str]) -> str:
+        names.append(_text_of(m.group(1)).strip())
+        return PILL_TEXT
+
+    cleaned = _PILL.sub(replace_pill, _CLEANER.clean(formatted))
+    if (f'"{_PILL_HREF}"' in cleaned  # a pill we could not isolate: fail closed
+            or not _text_of(cleaned).strip()
+            or len(cleaned.encode()) > limit  # nh3 can expand input (reopened formatting tags)
+            or _too_deep(cleaned)):
+        return None, names
+    return cleaned, names
+
+
+def _scrub_names(body: str, names: list[str]) -> str:
+    """The plain body repeats a pill's text (a display name) where the pill was."""
+    names = sorted({n for n in names if len(n) >= 2}, key=len, reverse=True)  # longest first
+    if not names:
+        return body
+    return re.sub(rf"(?<!\w)(?:{'|'.join(map(re.escape, names))})(?!\w)", PILL_TEXT, body)
+
+
+# --- field checks ----------------------------------------------------------------------------
+
+def _opt(d: dict, key: str, kind: type) -> object:
+    value = d.get(key)  # JSON null counts as absent
+    if value is not None and not isinstance(value, kind):
+        raise _Refuse("malformed", f"{key} has the wrong type")
+    return value
+
+
+def _text(d: dict, key: str, limit: int) -> str:
+    value = d.get(key)
+    if not isinstance(value, str):
+        raise _Refuse("malformed", f"{key} missing or not a string")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates: not valid Unicode text, and not JSON-safe
+        raise _Refuse("malformed", f"{key} is not valid UTF-8") from None
+    if size > limit:
+        raise _Refuse("too_long", f"{key} is {size} bytes")
+    return value
+
+
+def _event_id(d: dict, key: str = "event_id") -> str:
+    try:
+        value = _text(d, key, 255)  # the spec's event id limit
+    except _Refuse:
+        value = ""
+    if not value.startswith("$"):
+        raise _Refuse("malformed", f"{key} is not an event id")
+    return value
+
+
+# --- m.room.message --------------------------------------------------------------------------
+
+def _strip_body_fallback(body: str) -> str:
+    lines = body.split("\n")
+    i = 0
+    while i < len(lines) and (lines[i].startswith("> ") or lines[i] == ">"):
+        i += 1
+    if 0 < i < len(lines) and lines[i] == "":
+        i += 1
+    return "\n".join(lines[i:])
+
+
+def _text_like(content: dict, ctx: _Ctx, is_reply: bool) -> dict:
+    body = _text(content, "body", ctx.max_body_bytes)
+    if is_reply:
+        body = _strip_body_fallback(body)
+    out = {"msgtype": content["msgtype"], "body": body}
+    fmt = _opt(content, "format", str)
+    if "formatted_body" in content:
+        formatted = _text(content, "formatted_body", 2 * ctx.max_body_bytes)
+        if fmt == HTML_FORMAT:
+            cleaned, names = _clean_html(formatted, 2 * ctx.max_body_bytes)
+            out["body"] = _scrub_names(body, names)
+            if cleaned is not None:
+                out["format"], out["formatted_body"] = HTML_FORMAT, cleaned
+    return out
+
+
+# Per-msgtype handlers; add m.image etc. here once media relaying exists.
+_MSGTYPES: dict[str, Callable[[dict, _Ctx, bool], dict]] = {
+    "m.text": _text_like, "m.notice": _text_like, "m.emote": _text_like,
+}
+
+
+def _message(content: dict, ctx: _Ctx, is_reply: bool = False) -> dict:
+    msgtype = _opt(content, "msgtype", str)
+    if msgtype is None:
+        raise _Refuse("malformed", "msgtype missing")
+    handler = _MSGTYPES.get(msgtype)
+    if handler is None:
+        raise _Refuse("unsupported_msgtype", "msgtype not relayed")
+    out = handler(content, ctx, is_reply)
+    if _opt(content, "m.mentions", dict) is not None:
+        out["m.mentions"] = {}  # present but empty: no pings, and no body-matching fallback
+    return out
+
+
+def _relation(relates: dict, ctx: _Ctx) -> tuple[dict | None, bool]:
+    """The mapped relation (None to drop it) and whether the event is a reply."""
+    reply = _opt(relates, "m.in_reply_to", dict)
+    mapped_reply = ctx.map(_event_id(reply)) if reply is not None else None
+    if _opt(relates, "rel_type", str) == "m.thread":
+        root = ctx.map(_event_id(relates))
+        if root is None:
+            return None, reply is not None
+        thread: dict = {"rel_type": "m.thread", "event_id": root}
+        falling_back = _opt(relates, "is_falling_back", bool)
+        if falling_back is not None:
+            thread["is_falling_back"] = falling_back
+        if mapped_reply is not None:
+            thread["m.in_reply_to"] = {"event_id": mapped_reply}
+        return thread, reply is not None
+    # Other rel_types (m.reference, unknown) are not relayed yet: the message goes as plain.
+    if mapped_reply is not None:
+        return {"m.in_reply_to": {"event_id": mapped_reply}}, True
+    return None, reply is not None
+
+
+def _edit(content: dict, relates: dict, ctx: _Ctx) -> dict:
+    target = _event_id(relates)
+    new = _opt(content, "m.new_content", dict)
+    if new is None:
+        raise _Refuse("malformed", "edit without m.new_content")
+    inner = _message(new, ctx)  # relations inside m.new_content are never copied
+    mapped = ctx.map(target)
+    if mapped is None:
+        raise _Refuse("unknown_target", "edited event is not relayed")
+    # The fallback is rebuilt from the sanitised new content rather than trusted.
+    out = {"msgtype": inner["msgtype"], "body": "* " + inner["body"]}
+    if "formatted_body" in inner:
+        out["format"], out["formatted_body"] = HTML_FORMAT, "* " + inner["formatted_body"]
+    if _opt(content, "m.mentions", dict) is not None or "m.mentions" in inner:
+        out["m.mentions"] = {}
+    out["m.new_content"] = inner
+    out["m.relates_to"] = {"rel_type": "m.replace", "event_id": mapped}
+    return out
+
+
+def _room_message(content: dict, ctx: _Ctx) -> dict:
+    relates = _opt(content, "m.relates_to", dict)
+    if relates is None:
+        return _message(content, ctx)
+    if relates.get("rel_type") == "m.replace":
+        return _edit(content, relates, ctx)
+    relation, is_reply = _relation(relates, ctx)
+    out = _message(content, ctx, is_reply)
+    if relation is not None:
+        out["m.relates_to"] = relation
+    return out
+
+
+# Per-event-type handlers; add m.reaction, m.room.redaction etc. here.
+_EVENT_TYPES: dict[str, Callable[[dict, _Ctx], dict]] = {"m.room.message": _room_message}
+
+
+def sanitise(
+    event_type: str,
+    content: object,
+    *,
+    map_event_id: Callable[[str], str | None],
+    max_body_bytes: int = 32768,
+) -> dict | Refused:
+    """Content safe to send to the partner room, or why the event can't be relayed."""
+    handler = _EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
+    if handler is None:
+        return Refused("unsupported_event", "event type not relayed")
+    if not isinstance(content, dict):
+        return Refused("malformed", "content is not an object")
+    try:
+        return handler(content, _Ctx(map_event_id, max_body_bytes))
+    except _Refuse as refusal:
+        return Refused(*refusal.args)
