@@ -25,7 +25,8 @@ def parse(body: str, prefix: str) -> Parsed | None:
     """'!Start cinema, jazz' -> Parsed('start', 'cinema, jazz'); None when not a command."""
     if not body.startswith(prefix):
         return None
-    head, _, args = body[len(prefix):].strip().partition(" ")
+    # Any whitespace ends the name: clients may put a newline or tab after it.
+    head, args = (body[len(prefix):].split(maxsplit=1) + ["", ""])[:2]
     if not head:
         return None
     return Parsed(head.lower(), args.strip())

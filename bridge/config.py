@@ -72,6 +72,9 @@ class Config(BaseFileConfig):
         """Raise ConfigError naming the first key whose value is missing or invalid."""
         _url(self, "homeserver.address")
         _str(self, "homeserver.domain", r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9a-fA-F:.]+\](:\d{1,5})?")
+        if self["homeserver.domain"] == "example.org":
+            raise ConfigError("homeserver.domain", "is still the example's example.org; set your "
+                                                   "homeserver's server name")
         _bool(self, "homeserver.verify_ssl")
         _url(self, "appservice.address")
         _str(self, "appservice.hostname", r"\S+")

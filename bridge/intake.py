@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Awaitable, Callable
 
 import asyncpg
@@ -32,7 +33,23 @@ def well_formed(event: object) -> bool:
     return (isinstance(event, dict)
             and all(isinstance(event.get(k), str) and event.get(k)
                     for k in ("event_id", "room_id", "type", "sender"))
-            and isinstance(event.get("content", {}), dict))
+            and isinstance(event.get("content", {}), dict)
+            and storable(event))
+
+
+# A NUL escape in JSON text, i.e. preceded by an even number of backslashes.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def storable(event: dict) -> bool:
+    """PostgreSQL text and jsonb hold neither NUL nor lone surrogates: storing such an event
+    would fail the whole transaction, and the homeserver would retry it forever."""
+    try:
+        text = json.dumps(event, ensure_ascii=False)
+        text.encode("utf-8")  # a lone surrogate cannot be encoded
+    except (ValueError, RecursionError):
+        return False
+    return _NUL_ESCAPE.search(text) is None
 
 
 class IntakeAppService(AppService):

@@ -82,13 +82,26 @@ class Pairing:
     async def joined(self, conversation_id: int, side: int) -> bool:
         """A user joined their room; True when the conversation became active."""
         async with self.pool.acquire() as conn, conn.transaction():
-            activated = await conversations.mark_joined(conn, conversation_id, side)
-        if activated:
-            conv = await conversations.get(self.pool, conversation_id)
-            await self.portal.greet(conv)
-            if self.on_change:
-                await self.on_change(conversation_id)
-        return activated
+            # Both joins may arrive at once (different rooms): serialise them on the
+            # conversation so one of them sees the other.
+            await conversations.lock(conn, conversation_id)
+            both_in = await conversations.mark_joined(conn, conversation_id, side)
+        if not both_in:
+            return False
+        return await self.activate(conversation_id)
+
+    async def activate(self, conversation_id: int) -> bool:
+        """Both are in: greet both rooms, THEN let relaying start, so the greeting comes
+        before anything the first to join wrote while waiting."""
+        conv = await conversations.get(self.pool, conversation_id)
+        if conv is None or conv.state != "opening":
+            return False
+        await self.portal.greet(conv)
+        if not await conversations.activate(self.pool, conversation_id):
+            return False
+        if self.on_change:
+            await self.on_change(conversation_id)
+        return True
 
     async def end(self, conversation_id: int, reason: str, ended_by: str | None,
                   requeue: list[str] = ()) -> bool:
@@ -117,6 +130,9 @@ class Pairing:
         """An invite went unanswered: drop the absent side(s), queue the present one again."""
         conv = await conversations.get(self.pool, conversation_id)
         if conv is None or conv.state != "opening":
+            return
+        if all(s.joined_at for s in conv.sides):
+            await self.activate(conversation_id)  # both made it in time after all
             return
         present = [s.user_id for s in conv.sides if s.joined_at is not None]
         if await self.end(conversation_id, reason, None, requeue=present):
@@ -147,7 +163,9 @@ class Pairing:
         """After a restart: finish opening and closing whatever a crash interrupted."""
         for conversation_id in await conversations.unfinished(self.pool):
             conv = await conversations.get(self.pool, conversation_id)
-            if conv.state == "opening":
+            if conv.state == "opening" and all(s.joined_at for s in conv.sides):
+                await self.activate(conversation_id)
+            elif conv.state == "opening":
                 self.background.spawn(self.open(conversation_id), f"open {conversation_id}")
             elif conv.state == "ended":
                 self.background.spawn(self.portal.close(conversation_id), f"close {conversation_id}")

@@ -88,16 +88,26 @@ async def set_room(db, conversation_id: int, side: int, room_id: str) -> None:
         conversation_id, side, room_id)
 
 
-async def mark_joined(conn, conversation_id: int, side: int) -> bool:
-    """Record the join; True when this join made the conversation active (both are in)."""
-    await conn.execute(
-        """UPDATE conversation_sides SET joined_at = coalesce(joined_at, now())
-           WHERE conversation_id = $1 AND side = $2 AND live""", conversation_id, side)
-    status = await conn.execute(
-        """UPDATE conversations SET state = 'active'
-           WHERE id = $1 AND state = 'opening'
-             AND NOT EXISTS (SELECT 1 FROM conversation_sides
-                             WHERE conversation_id = $1 AND joined_at IS NULL)""",
+async def lock(conn, conversation_id: int) -> None:
+    """Row-lock the conversation for the caller's transaction."""
+    await conn.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", conversation_id)
+
+
+async def mark_joined(db, conversation_id: int, side: int) -> bool:
+    """Record the join; True when both sides have now joined."""
+    return await db.fetchval(
+        """WITH joined AS (
+               UPDATE conversation_sides SET joined_at = coalesce(joined_at, now())
+               WHERE conversation_id = $1 AND side = $2 AND live RETURNING side)
+           SELECT count(*) = 1 AND EXISTS (SELECT 1 FROM joined) FROM conversation_sides
+           WHERE conversation_id = $1 AND side <> $2 AND joined_at IS NOT NULL""",
+        conversation_id, side)
+
+
+async def activate(db, conversation_id: int) -> bool:
+    """opening -> active; False when it was not opening (already active, or ended)."""
+    status = await db.execute(
+        "UPDATE conversations SET state = 'active' WHERE id = $1 AND state = 'opening'",
         conversation_id)
     return status.endswith(" 1")
 
@@ -139,7 +149,7 @@ async def unfinished(db) -> list[int]:
     rows = await db.fetch(
         """SELECT DISTINCT c.id FROM conversations c JOIN conversation_sides s
              ON s.conversation_id = c.id
-           WHERE (c.state = 'opening' AND s.room_id IS NULL)
+           WHERE (c.state = 'opening' AND (s.room_id IS NULL OR s.joined_at IS NOT NULL))
               OR (NOT s.live AND s.closed_at IS NULL)
            ORDER BY c.id""")
     return [r["id"] for r in rows]
