@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 from ruamel.yaml import YAML
 
+from .synapse import die_with_parent
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -54,7 +56,10 @@ class BridgeProcess:
         log = self.log_path.open("ab")
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bridge", "-c", str(self.config), cwd=REPO,
-            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # a Ctrl-C is for the parent to handle, in order
+            preexec_fn=die_with_parent if sys.platform == "linux" else None)
         log.close()
         await self._wait_ready(timeout)
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from .synapse import Lab, LabError, die_with_parent, free_port
+from .bridge_process import BridgeProcess, generate_registration
+from .synapse import Lab, LabError, free_port
 
 DB_NAME = "stranger_demo"
 LOCAL_ADMIN_URI = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -134,15 +135,6 @@ def write_bridge_config(example: Path, target: Path, *, homeserver_url: str, dom
     return config
 
 
-async def run_checked(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    if proc.returncode != 0:
-        raise SystemExit(f"`{' '.join(args)}` failed with code {proc.returncode}:\n"
-                         f"{out.decode(errors='replace')}")
-
-
 # ---- (4) demo accounts ----
 
 async def ensure_accounts(lab: Lab, path: Path) -> dict[str, str]:
@@ -167,41 +159,6 @@ async def ensure_accounts(lab: Lab, path: Path) -> dict[str, str]:
     path.write_text("".join(f"{n} {p}\n" for n, p in saved.items()))
     path.chmod(0o600)
     return saved
-
-
-# ---- (5) the bridge process ----
-
-async def start_bridge(config: Path, log_path: Path) -> asyncio.subprocess.Process:
-    with log_path.open("ab") as log:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge", "-c", str(config),
-            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-            start_new_session=True,  # Ctrl-C is ours to handle, in order
-            preexec_fn=die_with_parent if sys.platform == "linux" else None)
-
-
-async def wait_listening(proc: asyncio.subprocess.Process, port: int, timeout: float) -> bool:
-    """True once *port* accepts connections; False if the process exits first."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while proc.returncode is None and asyncio.get_running_loop().time() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return True
-        except OSError:
-            await asyncio.sleep(0.1)  # readiness poll inside a deadline
-    return False
-
-
-async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 15) -> None:
-    if proc.returncode is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), timeout)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -233,7 +190,7 @@ async def main(argv: list[str] | None = None) -> int:
     lab = Lab(demo / "synapse", count=1, ports=[(ports["client"], ports["federation"])],
               appservice_registrations=None if args.no_bridge else {0: [registration]})
     hs = lab.homeservers[0]
-    bridge: asyncio.subprocess.Process | None = None
+    bridge: BridgeProcess | None = None
     try:
         bot = "(bridge not started)"
         if not args.no_bridge:
@@ -244,16 +201,16 @@ async def main(argv: list[str] | None = None) -> int:
                                          database_uri=db_uri)
             bot = f"@{config['appservice']['bot_username']}:{hs.server_name}"
             # Regenerated every run, so tokens and the registration's URL always agree.
-            await run_checked(sys.executable, "-m", "bridge", "-g", "-c", str(config_path),
-                              "-r", str(registration))
+            await generate_registration(config_path, registration)
         say(f"starting Synapse {hs.server_name} (log: {hs.log_path})")
         await lab.start()
         accounts = await ensure_accounts(lab, demo / "accounts.txt")
         if not args.no_bridge:
-            bridge_log = demo / "bridge.log"
-            bridge = await start_bridge(demo / "config.yaml", bridge_log)
-            if not await wait_listening(bridge, ports["appservice"], timeout=60):
-                say(f"the bridge did not come up; tail of {bridge_log}:\n{tail(bridge_log)}")
+            bridge = BridgeProcess(demo / "config.yaml", ports["appservice"], demo / "bridge.log")
+            try:
+                await bridge.start()
+            except (RuntimeError, TimeoutError) as e:
+                say(f"the bridge did not come up: {e}")
                 return 1
         if stop.is_set():  # Ctrl-C while starting up
             return 130
@@ -265,19 +222,19 @@ async def main(argv: list[str] | None = None) -> int:
         print("\n  Ctrl-C to stop.\n", flush=True)
         waiters = [asyncio.create_task(stop.wait())]
         if bridge is not None:
-            waiters.append(asyncio.create_task(bridge.wait()))
+            waiters.append(asyncio.create_task(bridge.process.wait()))
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
             waiter.cancel()
-        if bridge is not None and bridge.returncode is not None:
-            say(f"the bridge exited with code {bridge.returncode}; tail of its log:\n"
+        if bridge is not None and bridge.process.returncode is not None:
+            say(f"the bridge exited with code {bridge.process.returncode}; tail of its log:\n"
                 f"{tail(demo / 'bridge.log')}")
             return 1
         return 0
     finally:
         say("stopping")
         if bridge is not None:
-            await stop_process(bridge)
+            await bridge.stop()
         await lab.stop()
         if pg_server is not None:
             await asyncio.to_thread(pg_server.cleanup)
