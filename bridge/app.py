@@ -10,6 +10,7 @@ from mautrix.errors import MatrixError
 from bridge.background import Background
 from bridge.commands import Commands
 from bridge.config import Config
+from bridge.crypto import Crypto
 from bridge.database import open_database
 from bridge.dispatcher import Dispatcher
 from bridge.handler import Handler
@@ -33,6 +34,9 @@ class StrangerBridge:
         self.pool: asyncpg.Pool | None = None
         self.appservice: IntakeAppService | None = None
         self.dispatcher: Dispatcher | None = None
+        self._loops: list[asyncio.Task] = []
+        self.crypto: Crypto | None = None
+        self.dispatching = False
 
     async def start(self) -> None:
         c = self.config
@@ -45,7 +49,9 @@ class StrangerBridge:
             verify_ssl=c["homeserver.verify_ssl"], as_token=c["appservice.as_token"],
             hs_token=c["appservice.hs_token"], bot_localpart=c["appservice.bot_username"],
             id=c["appservice.id"], state_store=self.state_store, log="bridge.appservice",
-            pool=self.pool, on_recorded=lambda rooms: self.dispatcher.kick(rooms),
+            # Until start-up is complete (crypto ready), events wait in the inbox.
+            pool=self.pool, on_recorded=lambda rooms: self.dispatcher.kick(rooms)
+            if self.dispatching else None,
             default_http_retry_count=4)
         self.portal = Portal(self.appservice, self.pool, c)
         handler_ref: list[Handler] = []
@@ -61,10 +67,15 @@ class StrangerBridge:
 
         await self.appservice.start(host=c["appservice.hostname"], port=c["appservice.port"])
         await self._prepare_bot()
+        if c["bridge.encryption.allow"]:
+            # Before any pending event is handled: encrypted ones need it.
+            self.crypto = handler.crypto = Crypto(self.appservice, c, self.state_store, self.pool)
+            await self.crypto.start()
+        self.dispatching = True
         await self.dispatcher.kick_all_pending()
         await self.pairing.resume()
-        self.background.spawn(self.pairing.run_invite_timer(), "invite timer")
-        self.background.spawn(self._prune_inbox(), "inbox pruning")
+        self._loops = [self.background.spawn(self.pairing.run_invite_timer(), "invite timer"),
+                       self.background.spawn(self._prune_inbox(), "inbox pruning")]
         # Tell the homeserver we are up, so it re-sends what failed while we were away
         # now instead of on its backoff timer.
         try:
@@ -116,10 +127,11 @@ class StrangerBridge:
             self.appservice.runner = None
         if self.dispatcher:
             await self.dispatcher.stop()
-        for task in list(self.background._tasks):
-            if task.get_name() in ("invite timer", "inbox pruning"):
-                task.cancel()
+        for loop in self._loops:
+            loop.cancel()
         await self.background.wait(timeout=10)
+        if self.crypto:
+            await self.crypto.stop()
         if self.appservice:
             await self.appservice.stop()
         if self.pool:

@@ -69,13 +69,22 @@ class Pairing:
         return created
 
     async def open(self, conversation_id: int) -> None:
-        try:
-            delivered = await self.portal.open(conversation_id)
-        except Exception as e:
-            if is_transient(e):
-                raise
-            log.exception("Conversation %d: opening failed", conversation_id)
-            delivered = False
+        delay = 0.5
+        while True:
+            try:
+                delivered = await self.portal.open(conversation_id)
+                break
+            except Exception as e:
+                if not is_transient(e):
+                    log.exception("Conversation %d: opening failed", conversation_id)
+                    delivered = False
+                    break
+                if delay > 16:
+                    raise  # the invite deadline will end it
+                # The homeserver or database is briefly away; opening is safe to repeat.
+                log.warning("Conversation %d: opening interrupted (%s), retrying", conversation_id, e)
+                await asyncio.sleep(delay)
+                delay *= 2
         if not delivered:
             await self.expire(conversation_id, INVITE_FAILED)
 
