@@ -34,8 +34,10 @@ def setup_logging(level: str, fmt: str) -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
-    # mautrix logs every request at DEBUG; keep it quieter than ours unless asked.
-    logging.getLogger("mau").setLevel(max(logging.getLevelName(level), logging.INFO))
+    # mautrix logs every request WITH its body at DEBUG: message text must never reach the
+    # logs, so its loggers stay at INFO or above whatever our level is.
+    for name in ("mau", "bridge.appservice"):
+        logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.INFO))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
