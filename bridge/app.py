@@ -17,8 +17,9 @@ from bridge.handler import Handler
 from bridge.intake import IntakeAppService
 from bridge.pairing import Pairing
 from bridge.portal import Portal
+from bridge.recovery import Recovery
 from bridge.relay.relayer import Relayer
-from bridge.state_store import TrimmedStateStore
+from bridge.state_store import TrimmedStateStore, forget_user_logger
 from bridge.store import conversations, inbox
 
 log = logging.getLogger("bridge")
@@ -64,6 +65,11 @@ class StrangerBridge:
                           Commands(self.pool, self.pairing), Relayer(self.pool, c, self.portal))
         handler_ref.append(handler)
         self.dispatcher = Dispatcher(self.pool, handler.handle)
+        # Deliveries the homeserver never makes, waking up after outages, failed cleanups.
+        self.recovery = Recovery(self.appservice, self.pool, c, self.portal, self.dispatcher)
+        self.dispatcher.precheck = self.recovery.missed_before
+        self.dispatcher.on_transient = self.recovery.on_transient
+        self.appservice.on_transaction = self.recovery.on_transaction
 
         await self.appservice.start(host=c["appservice.hostname"], port=c["appservice.port"])
         await self._prepare_bot()
@@ -75,7 +81,9 @@ class StrangerBridge:
         await self.dispatcher.kick_all_pending()
         await self.pairing.resume()
         self._loops = [self.background.spawn(self.pairing.run_invite_timer(), "invite timer"),
-                       self.background.spawn(self._prune_inbox(), "inbox pruning")]
+                       self.background.spawn(self.pairing.run_match_timer(), "match timer"),
+                       self.background.spawn(self._prune_inbox(), "inbox pruning"),
+                       self.background.spawn(self.recovery.run(), "recovery")]
         # Tell the homeserver we are up, so it re-sends what failed while we were away
         # now instead of on its backoff timer.
         try:
@@ -110,6 +118,7 @@ class StrangerBridge:
         for ghost_id in ghost_ids:
             self.state_store.forget_user(ghost_id)
             self.appservice.intent.api.children.pop(ghost_id, None)
+            forget_user_logger(self.appservice.intent.api.base_log, ghost_id)
 
     async def _prune_inbox(self) -> None:
         while True:

@@ -2,17 +2,27 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
 import asyncpg
 
+from bridge import matching, messages
 from bridge.pairing import Pairing
 from bridge.portal import NEXT, STOP
 from bridge.store import conversations, queue, users
 
 log = logging.getLogger("bridge.commands")
 
+# `!interests clear`, `!lang clear` (and these synonyms) forget the preference.
+CLEAR_WORDS = frozenset({"clear", "none", "off", "any", "-"})
+
+
+@dataclass(frozen=True)
+class Reply:
+    key: str  # a bridge.messages key
+    values: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,40 +51,138 @@ class Commands:
     def __init__(self, pool: asyncpg.Pool, pairing: Pairing) -> None:
         self.pool = pool
         self.pairing = pairing
-        self.table: dict[str, Callable[[str], Awaitable[str | None]]] = {
+        self.config = pairing.config
+        # Each takes (user_id, the command's arguments).
+        self.table: dict[str, Callable[[str, str], Awaitable[str | Reply]]] = {
             "help": self.help, "agree": self.agree, "start": self.start,
-            "next": self.next, "stop": self.stop,
+            "next": self.next, "stop": self.stop, "interests": self.interests,
+            "lang": self.lang, "status": self.status,
         }
 
-    async def run(self, user_id: str, command: Parsed) -> str:
+    async def run(self, user_id: str, command: Parsed) -> Reply:
         func = self.table.get(command.name)
         if func is None:
-            return "unknown_command"
-        return await func(user_id)
+            return Reply("unknown_command")
+        result = await func(user_id, command.args)
+        return result if isinstance(result, Reply) else Reply(result)
 
-    async def help(self, user_id: str) -> str:
+    def _text(self, key: str, **values: str) -> str:
+        return messages.text(key, prefix=self.config["bridge.command_prefix"], **values)
+
+    async def _agreed(self, user_id: str) -> bool:
+        user = await users.get(self.pool, user_id)
+        return user is not None and user.agreed
+
+    async def help(self, user_id: str, args: str = "") -> str:
         return "help"
 
-    async def agree(self, user_id: str) -> str:
+    async def agree(self, user_id: str, args: str = "") -> str:
         await users.ensure(self.pool, user_id)
         return "agreed" if await users.agree(self.pool, user_id) else "already_agreed"
 
-    async def start(self, user_id: str) -> str:
-        user = await users.get(self.pool, user_id)
-        if user is None or not user.agreed:
+    async def start(self, user_id: str, args: str = "") -> str | Reply:
+        """`!start` or `!start cinema, jazz` (which also sets the interests)."""
+        if not await self._agreed(user_id):
             return "must_agree"
+        if args:
+            try:
+                tags = self._parse_tags(args)
+            except matching.PreferenceError as e:
+                return Reply(e.key, e.values)
+            await users.set_tags(self.pool, user_id, tags)
         if await conversations.live_side_of(self.pool, user_id):
             return "already_chatting"
-        return "queued" if await self.pairing.enqueue(user_id) else "already_waiting"
+        if await self.pairing.enqueue(user_id):
+            return await self._queued(user_id)
+        if args and await self.pairing.preferences_changed(user_id):
+            return Reply("interests_set", {"tags": ", ".join(tags),
+                                           "when": self._text("preferences_apply_now")})
+        return "already_waiting"
 
-    async def next(self, user_id: str) -> str:
+    async def _queued(self, user_id: str) -> str | Reply:
+        tags, lang = await users.preferences(self.pool, user_id)
+        fallback = self.config["bridge.matching.fallback_after"]
+        if not (tags or lang) or not fallback:
+            return "queued"
+        wanted = (self._text("wanted_both", tags=" or ".join(tags), lang=lang) if tags and lang
+                  else self._text("wanted_tags", tags=" or ".join(tags)) if tags
+                  else self._text("wanted_lang", lang=lang))
+        return Reply("queued_with_preferences", {"wanted": wanted, "fallback": f"{fallback:g}"})
+
+    def _parse_tags(self, text: str) -> tuple[str, ...]:
+        return matching.parse_tags(text, self.config["bridge.matching.max_tags"],
+                                   self.config["bridge.matching.max_tag_length"])
+
+    async def _applied(self, user_id: str) -> str:
+        """Preferences changed: take them up in the queue; say when they count."""
+        if await self.pairing.preferences_changed(user_id):
+            return self._text("preferences_apply_now")
+        return self._text("preferences_apply_next")
+
+    async def interests(self, user_id: str, args: str = "") -> str | Reply:
+        """`!interests` shows them, `!interests cinema, jazz` sets, `!interests clear` forgets."""
+        if not await self._agreed(user_id):
+            return "must_agree"
+        if not args:
+            tags, _ = await users.preferences(self.pool, user_id)
+            return Reply("interests_show", {"tags": ", ".join(tags)}) if tags else "interests_none"
+        try:
+            tags = () if args.casefold() in CLEAR_WORDS else self._parse_tags(args)
+        except matching.PreferenceError as e:
+            return Reply(e.key, e.values)
+        await users.set_tags(self.pool, user_id, tags)
+        when = await self._applied(user_id)
+        if not tags:
+            return Reply("interests_cleared", {"when": when})
+        return Reply("interests_set", {"tags": ", ".join(tags), "when": when})
+
+    async def lang(self, user_id: str, args: str = "") -> str | Reply:
+        """`!lang` shows it, `!lang fr` sets it, `!lang clear` forgets it."""
+        if not await self._agreed(user_id):
+            return "must_agree"
+        if not args:
+            _, lang = await users.preferences(self.pool, user_id)
+            return Reply("lang_show", {"lang": lang}) if lang else "lang_none"
+        try:
+            lang = None if args.casefold() in CLEAR_WORDS else matching.normalise_lang(args)
+        except matching.PreferenceError as e:
+            return Reply(e.key, e.values)
+        await users.set_lang(self.pool, user_id, lang)
+        when = await self._applied(user_id)
+        if lang is None:
+            return Reply("lang_cleared", {"when": when})
+        return Reply("lang_set", {"lang": lang, "when": when})
+
+    async def status(self, user_id: str, args: str = "") -> str | Reply:
+        """Waiting, chatting or idle; for how long; how many people wait and chat now."""
+        if not await self._agreed(user_id):
+            return "must_agree"
+        tags, lang = await users.preferences(self.pool, user_id)
+        values = {
+            "waiting": str(await queue.count(self.pool)),
+            "chatting": str(await conversations.count_chatting(self.pool)),
+            "preferences": ((self._text("status_tags", tags=", ".join(tags)) if tags else "")
+                            + (self._text("status_lang", lang=lang) if lang else "")),
+        }
+        now = datetime.now(timezone.utc)
+        since = await conversations.live_since(self.pool, user_id)
+        if since is not None:
+            return Reply("status_chatting",
+                         {**values, "duration": messages.duration((now - since).total_seconds())})
+        since = await queue.waiting_since(self.pool, user_id)
+        if since is not None:
+            return Reply("status_waiting",
+                         {**values, "duration": messages.duration((now - since).total_seconds())})
+        return Reply("status_idle", values)
+
+    async def next(self, user_id: str, args: str = "") -> str | Reply:
         side = await conversations.live_side_of(self.pool, user_id)
         if side is None:
             return await self.start(user_id)
         await self.pairing.end(side.conversation_id, NEXT, user_id, requeue=[user_id])
         return "requeued"
 
-    async def stop(self, user_id: str) -> str:
+    async def stop(self, user_id: str, args: str = "") -> str:
         side = await conversations.live_side_of(self.pool, user_id)
         if side is not None:
             await self.pairing.end(side.conversation_id, STOP, user_id)

@@ -39,6 +39,14 @@ class Config(BaseFileConfig):
             "database.migrate_on_start",
             "bridge.ghost_localpart_template", "bridge.ghost_displayname",
             "bridge.invite_timeout", "bridge.max_body_bytes", "bridge.command_prefix",
+            "bridge.matching.fallback_after", "bridge.matching.rematch_cooldown",
+            "bridge.matching.max_tags", "bridge.matching.max_tag_length",
+            "bridge.encryption.allow", "bridge.encryption.default", "bridge.encryption.require",
+            "bridge.encryption.appservice", "bridge.encryption.pickle_key",
+            "bridge.encryption.self_sign", "bridge.encryption.allow_key_sharing",
+            "bridge.encryption.verification_levels.receive",
+            "bridge.encryption.verification_levels.send",
+            "bridge.encryption.verification_levels.share",
             "logging.level", "logging.format",
         ):
             copy(key)
@@ -109,11 +117,35 @@ class Config(BaseFileConfig):
         _int(self, "bridge.invite_timeout", 5, 86400)
         _int(self, "bridge.max_body_bytes", 1, 60000)
         _str(self, "bridge.command_prefix", r"\S{1,3}")
+        _seconds(self, "bridge.matching.fallback_after", 0, 3600)
+        _seconds(self, "bridge.matching.rematch_cooldown", 0, 30 * 86400)
+        _int(self, "bridge.matching.max_tags", 1, 50)
+        _int(self, "bridge.matching.max_tag_length", 1, 200)
+        self._validate_encryption()
         if self["logging.level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("logging.level", f"must be DEBUG, INFO, WARNING or ERROR, "
                                                f"got {self['logging.level']!r}")
         if self["logging.format"] not in ("text", "json"):
             raise ConfigError("logging.format", f"must be text or json, got {self['logging.format']!r}")
+
+    def _validate_encryption(self) -> None:
+        for key in ("allow", "require", "appservice", "self_sign", "allow_key_sharing"):
+            _bool(self, f"bridge.encryption.{key}")
+        if not (self["bridge.encryption.default"] == "auto"
+                or isinstance(self["bridge.encryption.default"], bool)):
+            raise ConfigError("bridge.encryption.default", "must be auto, true or false, got "
+                                                           f"{self['bridge.encryption.default']!r}")
+        if self["bridge.encryption.appservice"]:
+            raise ConfigError("bridge.encryption.appservice", "true (to-device events through "
+                              "transactions) is not supported yet; use false")
+        _str(self, "bridge.encryption.pickle_key", r"\S{8,}")
+        levels = ("unverified", "cross-signed-untrusted", "cross-signed-tofu",
+                  "cross-signed-trusted", "verified")
+        for key in ("receive", "send", "share"):
+            value = self[f"bridge.encryption.verification_levels.{key}"]
+            if value not in levels:
+                raise ConfigError(f"bridge.encryption.verification_levels.{key}",
+                                  f"must be one of {', '.join(levels)}, got {value!r}")
 
 
 def _str(config: Config, key: str, pattern: str) -> None:
@@ -128,6 +160,12 @@ def _int(config: Config, key: str, low: int, high: int) -> None:
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(key, f"must be a whole number from {low} to {high}, got {value!r}")
+
+
+def _seconds(config: Config, key: str, low: float, high: float) -> None:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(key, f"must be a number of seconds from {low} to {high}, got {value!r}")
 
 
 def _bool(config: Config, key: str) -> None:

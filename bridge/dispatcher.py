@@ -26,7 +26,12 @@ def is_transient(error: BaseException) -> bool:
         return error.http_status >= 500 or error.http_status == 429
     return isinstance(error, (OSError, asyncio.TimeoutError, MatrixConnectionError,
                               asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                              asyncpg.CannotConnectNowError))
+                              # A database restart: "terminating connection due to
+                              # administrator command", "the database system is starting
+                              # up"; also serialization failures and too many connections.
+                              asyncpg.exceptions.OperatorInterventionError,
+                              asyncpg.exceptions.TransactionRollbackError,
+                              asyncpg.exceptions.InsufficientResourcesError))
 
 
 class Outcome(Enum):
@@ -36,10 +41,17 @@ class Outcome(Enum):
 
 class Dispatcher:
     def __init__(self, pool: asyncpg.Pool, handle: Callable[[dict], Awaitable[Outcome]],
-                 *, retry_max_delay: float = 30.0) -> None:
+                 *, retry_max_delay: float = 30.0,
+                 precheck: Callable[[int, dict], Awaitable[list[tuple[int, dict]]]] | None = None,
+                 on_transient: Callable[[BaseException], None] | None = None) -> None:
         self.pool = pool
         self.handle = handle
         self.retry_max_delay = retry_max_delay
+        # Earlier events of the room the homeserver never delivered (see recovery.py): they
+        # are handled first, so order is kept. (seq, event) of the event about to be handled.
+        self.precheck = precheck
+        self.on_transient = on_transient
+        self._wake = asyncio.Event()
         self._workers: dict[str, asyncio.Task] = {}
         self._dirty: set[str] = set()
         self._stopping = False
@@ -75,9 +87,18 @@ class Dispatcher:
                 batch = await inbox.pending(self.pool, room_id)
                 if not batch:
                     return
+                handled_early: set[int] = set()
                 for seq, event in batch:
                     if self._stopping:
                         return
+                    if seq in handled_early:
+                        continue
+                    if self.precheck is not None:
+                        for early_seq, early in await self.precheck(seq, event):
+                            if await self._handle_one(early) is Outcome.WAIT:
+                                return
+                            await inbox.mark_handled(self.pool, early_seq)
+                            handled_early.add(early_seq)
                     outcome = await self._handle_one(event)
                     if outcome is Outcome.WAIT:
                         return
@@ -88,8 +109,19 @@ class Dispatcher:
                     raise
                 # The database or homeserver is away: the event stays in the inbox; retry.
                 log.warning("Room %s: transient failure (%s), retrying in %.1fs", room_id, e, delay)
-                await asyncio.sleep(delay)
+                if self.on_transient is not None:
+                    self.on_transient(e)
+                wake = self._wake
+                try:  # the backoff, cut short by wake() when what was away is back
+                    await asyncio.wait_for(wake.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
                 delay = min(delay * 2, self.retry_max_delay)
+
+    def wake(self) -> None:
+        """The database or homeserver is back: rooms backing off retry now."""
+        self._wake.set()
+        self._wake = asyncio.Event()
 
     async def _handle_one(self, event: dict) -> Outcome:
         try:

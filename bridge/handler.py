@@ -1,6 +1,7 @@
 """Decides what each incoming event means: the bot's DMs, chat rooms, or nothing of ours."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import asyncpg
@@ -11,6 +12,7 @@ from mautrix.types import EventType, MessageType, TextMessageEventContent
 from bridge import messages
 from bridge.commands import Commands, parse
 from bridge.config import Config
+from bridge.crypto import Crypto, Undecryptable
 from bridge.dispatcher import Outcome
 from bridge.pairing import Pairing
 from bridge.portal import Portal, txn_id
@@ -24,6 +26,8 @@ LEFT_MEMBERSHIPS = ("leave", "ban")
 
 
 class Handler:
+    crypto: Crypto | None = None  # set once started, when bridge.encryption.allow
+
     def __init__(self, appservice: AppService, pool: asyncpg.Pool, config: Config,
                  portal: Portal, pairing: Pairing, commands: Commands, relayer: Relayer) -> None:
         self.appservice = appservice
@@ -45,7 +49,11 @@ class Handler:
     async def reply(self, room_id: str, key: str, cause: str, **values: str) -> None:
         content = TextMessageEventContent(
             msgtype=MessageType.NOTICE, body=messages.text(key, prefix=self.prefix, **values))
-        await self.bot.send_message_event(room_id, EventType.ROOM_MESSAGE, content,
+        event_type = EventType.ROOM_MESSAGE
+        if self.crypto and await self.crypto.is_encrypted(room_id):
+            _, content = await self.crypto.encrypt(room_id, "m.room.message", content.serialize())
+            event_type = EventType.ROOM_ENCRYPTED
+        await self.bot.send_message_event(room_id, event_type, content,
                                           txn_id=txn_id("reply", room_id, cause))
 
     async def notify_dm(self, user_id: str, key: str, cause: str) -> None:
@@ -56,6 +64,8 @@ class Handler:
     # -- routing ------------------------------------------------------------------------------
 
     async def handle(self, event: dict) -> Outcome:
+        if self.crypto and "state_key" in event:
+            await self.crypto.handle_state(event)
         if event["type"] == "m.room.member" and isinstance(event.get("state_key"), str):
             return await self.on_member(event)
         if self.is_ours(event["sender"]) or "state_key" in event:
@@ -100,18 +110,44 @@ class Handler:
         return Outcome.DONE
 
     async def on_bot_invited(self, room_id: str, inviter: str, event_id: str) -> None:
-        try:
-            await self.bot.join_room_by_id(room_id)
-        except MatrixRequestError as e:
-            log.warning("Could not join %s after an invite: %s", room_id, e)
+        if not await self.join_invited(self.bot, room_id):
             return
         await users.set_dm_room(self.pool, inviter, room_id)
         await self.reply(room_id, "greeting", event_id)
+
+    @staticmethod
+    async def join_invited(intent, room_id: str, attempts: int = 6) -> bool:
+        """Join a room we were just invited to. Over federation the join can be refused
+        ("not invited") for a moment after the invite arrives, so retry with backoff."""
+        delay = 0.25
+        for attempt in range(attempts):
+            try:
+                await intent.join_room_by_id(room_id)
+                return True
+            except MatrixRequestError as e:
+                if e.http_status != 403 or attempt == attempts - 1:
+                    if e.http_status >= 500 or e.http_status == 429:
+                        raise  # transient: the dispatcher retries the whole event
+                    log.warning("Could not join %s after an invite: %s", room_id, e)
+                    return False
+                await asyncio.sleep(delay)
+                delay *= 2
+        return False
 
     # -- messages -----------------------------------------------------------------------------
 
     async def on_dm_event(self, event: dict) -> None:
         sender, room_id = event["sender"], event["room_id"]
+        if event["type"] == "m.room.encrypted" and self.crypto:
+            try:
+                decrypted = await self.crypto.decrypt(event)
+            except Undecryptable as e:
+                log.warning("Cannot decrypt %s in %s: %s", event["event_id"], room_id, e)
+                decrypted = None
+            if decrypted is None:
+                await self.reply(room_id, "dm_undecryptable", event["event_id"])
+                return
+            event = decrypted
         if event["type"] == "m.room.encrypted":
             await self.reply(room_id, "dm_encrypted", event["event_id"])
             return
@@ -122,9 +158,9 @@ class Handler:
         if command is None:
             await self.reply(room_id, "not_a_command", event["event_id"])
             return
-        key = await self.commands.run(sender, command)
-        await self.reply(room_id, key, event["event_id"],
-                         command=f"{self.prefix}{command.name}"[:50])
+        reply = await self.commands.run(sender, command)
+        await self.reply(room_id, reply.key, event["event_id"],
+                         command=f"{self.prefix}{command.name}"[:50], **reply.values)
 
     async def on_chat_event(self, side: Side, event: dict) -> Outcome:
         conv = await conversations.get(self.pool, side.conversation_id)
@@ -133,7 +169,7 @@ class Handler:
         body = event["content"].get("body") if event["type"] == "m.room.message" else None
         command = parse(body, self.prefix) if isinstance(body, str) else None
         if command is not None and command.name in Commands.IN_CHAT_ROOM:
-            key = await self.commands.run(side.user_id, command)
+            key = (await self.commands.run(side.user_id, command)).key
             if command.name == "help":
                 await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id, key,
                                          cause=event["event_id"])

@@ -16,6 +16,7 @@ import asyncpg
 from aiohttp import web
 from mautrix.appservice import AppService
 
+from bridge.dispatcher import is_transient
 from bridge.store import inbox
 
 log = logging.getLogger("bridge.intake")
@@ -45,7 +46,8 @@ def storable(event: dict) -> bool:
     """PostgreSQL text and jsonb hold neither NUL nor lone surrogates: storing such an event
     would fail the whole transaction, and the homeserver would retry it forever."""
     try:
-        text = json.dumps(event, ensure_ascii=False)
+        # allow_nan=False: JSON has no NaN or Infinity (1e999 parses as inf), nor does jsonb.
+        text = json.dumps(event, ensure_ascii=False, allow_nan=False)
         text.encode("utf-8")  # a lone surrogate cannot be encoded
     except (ValueError, RecursionError):
         return False
@@ -59,6 +61,9 @@ class IntakeAppService(AppService):
                  on_recorded: Callable[[set[str]], Awaitable[None] | None], **kwargs) -> None:
         self.pool = pool
         self.on_recorded = on_recorded
+        # Told of every transaction: its well-formed events, and whether they were recorded
+        # (False: answered 503). Recovery watches the homeserver's deliveries with it.
+        self.on_transaction: Callable[[list[dict], bool], None] | None = None
         kwargs.setdefault("aiohttp_params", {"client_max_size": MAX_TRANSACTION_BYTES})
         super().__init__(*args, **kwargs)
 
@@ -79,7 +84,7 @@ class IntakeAppService(AppService):
         txn_id = request.match_info["transaction_id"]
         try:
             body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: too deep
             return _error(400, "M_NOT_JSON", "transaction body is not JSON")
         events = body.get("events") if isinstance(body, dict) else None
         if not isinstance(events, list):
@@ -90,17 +95,48 @@ class IntakeAppService(AppService):
                         len(events) - len(valid))
         if valid:
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await inbox.record(conn, valid)
+                valid = await self._record(txn_id, valid)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 # Not stored: make the homeserver retry rather than lose the events.
                 log.error("Transaction %s not recorded, asking for a retry: %s", txn_id, e)
+                if self.on_transaction is not None:
+                    self.on_transaction(valid, False)
                 return _error(503, "M_UNKNOWN", "could not record the transaction, retry later")
+            if self.on_transaction is not None:
+                self.on_transaction(valid, True)
             result = self.on_recorded({e["room_id"] for e in valid})
             if result is not None:
                 await result
         log.debug("Transaction %s: recorded %d event(s)", txn_id, len(valid))
         return web.json_response({})
+
+    async def _record(self, txn_id: str, events: list[dict]) -> list[dict]:
+        """Record the events; those returned are stored. An error about one event's data
+        (not about the database being away) must not fail the transaction forever, since
+        the homeserver would retry it, and everything after it, for ever: such a transaction
+        is recorded event by event, skipping the events the database refuses."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await inbox.record(conn, events)
+            return events
+        except asyncpg.PostgresError as e:
+            if is_transient(e):
+                raise
+            log.warning("Transaction %s: recording failed (%s); recording event by event",
+                        txn_id, type(e).__name__)
+        stored = []
+        async with self.pool.acquire() as conn:
+            for event in events:
+                try:
+                    async with conn.transaction():
+                        await inbox.record(conn, [event])
+                    stored.append(event)
+                except asyncpg.PostgresError as e:
+                    if is_transient(e):
+                        raise
+                    log.warning("Transaction %s: skipped an event the database refused (%s)",
+                                txn_id, type(e).__name__)
+        return stored
 
     async def _http_ping(self, request: web.Request) -> web.Response:
         if (denied := self._token_error(request)) is not None:

@@ -19,6 +19,13 @@ ENGLISH: dict[str, str] = {
         "Commands:\n"
         "{prefix}agree: confirm you are 18 or older and accept the rules\n"
         "{prefix}start: find a random stranger to chat with\n"
+        "{prefix}start cinema, jazz: the same, preferring someone who likes cinema or jazz "
+        "(your interests are kept for next time)\n"
+        "{prefix}interests cinema, jazz: set your interests; {prefix}interests alone shows "
+        "them, {prefix}interests clear forgets them\n"
+        "{prefix}lang fr: prefer strangers who speak French (a two-letter code); {prefix}lang "
+        "alone shows it, {prefix}lang clear forgets it\n"
+        "{prefix}status: whether you are waiting or chatting, and how many people are now\n"
         "{prefix}next: end the current chat and find someone new\n"
         "{prefix}stop: end the current chat and stop looking\n"
         "{prefix}help: this list\n\n"
@@ -43,6 +50,71 @@ ENGLISH: dict[str, str] = {
     "unknown_command": "I don't know the command {command}. Send {prefix}help to see what I understand.",
     "not_a_command": "I'm a bot: I only understand commands. Send {prefix}help to see them.",
     "chat_opened": "You're now chatting with a random stranger. Say hi!",
+    "chat_opened_shared": "You're now chatting with a random stranger. You both like: {tags}.",
+    "chat_opened_no_shared_interests": (
+        "No one shares your interests right now, so you're chatting with a random stranger."
+    ),
+    "chat_opened_other_language": (
+        "No one who speaks your language is waiting right now, so you're chatting with a "
+        "random stranger."
+    ),
+    "chat_opened_other_language_shared": (
+        "No one who speaks your language is waiting right now, so you're chatting with a "
+        "random stranger. You both like: {tags}."
+    ),
+    "chat_opened_no_shared_anything": (
+        "No one shares your interests or your language right now, so you're chatting with a "
+        "random stranger."
+    ),
+    "queued_with_preferences": (
+        "Looking for a stranger who {wanted}… I'll invite you to a chat as soon as someone is "
+        "found. If no one like that turns up within {fallback} seconds, you'll be paired with "
+        "anyone waiting."
+    ),
+    "interests_set": "Your interests: {tags}. {when}",
+    "interests_cleared": "Your interests are cleared. {when}",
+    "interests_show": (
+        "Your interests: {tags}. Change them with {prefix}interests cinema, jazz, or forget "
+        "them with {prefix}interests clear."
+    ),
+    "interests_none": (
+        "You have no interests set. Set some with {prefix}interests cinema, jazz to meet "
+        "strangers who share them."
+    ),
+    "lang_set": "Your language: {lang}. {when}",
+    "lang_cleared": "Your language preference is cleared. {when}",
+    "lang_show": "Your language: {lang}. Forget it with {prefix}lang clear.",
+    "lang_none": (
+        "You have no language preference. Set one with a two-letter code, e.g. {prefix}lang fr."
+    ),
+    "lang_invalid": (
+        "{lang} is not a language code I know. Please use a two-letter ISO 639-1 code, such as "
+        "en, fr, es or de."
+    ),
+    "preferences_apply_now": "I'm looking for someone who matches from now on.",
+    "wanted_tags": "likes {tags}",
+    "wanted_lang": "speaks {lang}",
+    "wanted_both": "likes {tags} and speaks {lang}",
+    "status_tags": " Your interests: {tags}.",
+    "status_lang": " Your language: {lang}.",
+    "preferences_apply_next": "They apply from your next {prefix}start.",
+    "tags_too_many": "You can set at most {max_tags} interests. Please choose fewer.",
+    "tag_too_long": (
+        "Each interest can be at most {max_length} characters long; \"{tag}\" is longer. "
+        "Separate interests with commas."
+    ),
+    "status_waiting": (
+        "You have been waiting for a stranger for {duration}.{preferences}\n"
+        "Right now: {waiting} waiting, {chatting} chatting."
+    ),
+    "status_chatting": (
+        "You have been in a chat for {duration}.{preferences}\n"
+        "Right now: {waiting} waiting, {chatting} chatting."
+    ),
+    "status_idle": (
+        "You are not chatting or waiting. Send {prefix}start to meet a stranger.{preferences}\n"
+        "Right now: {waiting} waiting, {chatting} chatting."
+    ),
     "partner_left": (
         "Stranger has disconnected. Send {prefix}start to the bot to meet someone new."
     ),
@@ -66,11 +138,43 @@ ENGLISH: dict[str, str] = {
         "I can't read encrypted messages yet. Please message me from a room without "
         "encryption."
     ),
+    "dm_undecryptable": (
+        "I couldn't decrypt your last message (its keys never reached me), so I didn't act on "
+        "it. Please send it again."
+    ),
     "refused_encrypted": (
         "Encrypted messages can't be relayed yet, so this one was not delivered. "
         "Please use a room without encryption."
     ),
 }
+
+
+def chat_opened(shared_tags: tuple[str, ...], interests_unmet: bool,
+                language_unmet: bool) -> tuple[str, dict[str, str]]:
+    """The opening notice for one side: (key, values)."""
+    values = {"tags": ", ".join(shared_tags)}
+    if interests_unmet and language_unmet:
+        return "chat_opened_no_shared_anything", values
+    if interests_unmet:
+        return "chat_opened_no_shared_interests", values
+    if language_unmet:
+        return ("chat_opened_other_language_shared" if shared_tags
+                else "chat_opened_other_language"), values
+    return ("chat_opened_shared" if shared_tags else "chat_opened"), values
+
+
+def duration(seconds: float) -> str:
+    """3725 -> '1 h 2 min'; 65 -> '1 min 5 s'; 4 -> '4 s'."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{hours // 24} days"
 
 
 def text(key: str, **values: str) -> str:

@@ -8,18 +8,14 @@ from typing import Awaitable, Callable
 
 import asyncpg
 
-from bridge import matching
 from bridge.background import Background
 from bridge.config import Config
 from bridge.dispatcher import is_transient
+from bridge.matchmaker import Matchmaker
 from bridge.portal import INVITE_FAILED, INVITE_TIMEOUT, LEFT, Portal
-from bridge.store import conversations, queue
+from bridge.store import conversations, queue, recent_pairs
 
 log = logging.getLogger("bridge.pairing")
-
-# One matchmaker at a time across every bridge process sharing the database.
-MATCH_LOCK = 0x5742_0001
-MATCH_BATCH = 1000
 
 Notify = Callable[[str, str, str], Awaitable[None]]  # (user_id, message key, cause)
 
@@ -36,37 +32,39 @@ class Pairing:
         # Called with a conversation's ID when it becomes active or ends: events held in its
         # rooms until then can now be handled.
         self.on_change: Callable[[int], Awaitable[None]] | None = None
+        self.matchmaker = Matchmaker(pool, config, self._matched)
+
+    @property
+    def fallback_after(self) -> float:
+        return self.config["bridge.matching.fallback_after"]
 
     async def enqueue(self, user_id: str) -> bool:
-        """Queue the user and try to match; False when they were already waiting."""
-        added = await queue.enqueue(self.pool, user_id)
+        """Queue the user (with their stored preferences) and look for their partner; False
+        when they were already waiting or chatting."""
+        added = await queue.enqueue(self.pool, user_id, self.fallback_after)
         if added:
-            await self.match()
+            await self.matchmaker.claim(user_id)
         return added
 
+    async def preferences_changed(self, user_id: str) -> bool:
+        """The user changed their interests or language: if waiting, match on the new ones
+        (keeping their place in the queue). True when they were waiting."""
+        if not await queue.refresh(self.pool, user_id, self.fallback_after):
+            return False
+        await self.matchmaker.claim(user_id)
+        return True
+
     async def match(self) -> list[int]:
-        """Pair everyone who can be paired now and start opening their rooms."""
-        created: list[int] = []
-        while True:
-            batch: list[int] = []
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", MATCH_LOCK)
-                waiting = await queue.lock_oldest(conn, MATCH_BATCH)
-                pairs = matching.pair_up(waiting)
-                for a, b in pairs:
-                    batch.append(await conversations.create(
-                        conn, a.user_id, b.user_id, self.config.ghost_mxid(),
-                        self.config.ghost_mxid(), self.config["bridge.invite_timeout"]))
-                await queue.remove_many(conn, [w.user_id for pair in pairs for w in pair])
-            for conversation_id in batch:
-                log.info("Matched conversation %d", conversation_id)
-                self.background.spawn(self.open(conversation_id), f"open {conversation_id}")
-            created += batch
-            if len(waiting) < MATCH_BATCH or not pairs:
-                break
-        if created:
-            self._deadline_changed.set()
-        return created
+        """Look for partners for every waiter due a look (the match timer's work; also run
+        at start-up for whatever a crash left undone)."""
+        return await self.matchmaker.sweep()
+
+    async def _matched(self, conversation_id: int) -> None:
+        self.background.spawn(self.open(conversation_id), f"open {conversation_id}")
+        self._deadline_changed.set()
+
+    async def run_match_timer(self) -> None:
+        await self.matchmaker.run_timer()
 
     async def open(self, conversation_id: int) -> None:
         delay = 0.5
@@ -118,16 +116,18 @@ class Pairing:
         async with self.pool.acquire() as conn, conn.transaction():
             ended = await conversations.end(conn, conversation_id, reason, ended_by)
             if ended:
-                for user_id in requeue:
-                    await queue.enqueue(conn, user_id)
+                await recent_pairs.remember(conn, conversation_id,
+                                            self.config["bridge.matching.rematch_cooldown"])
+                requeued = [user_id for user_id in requeue
+                            if await queue.enqueue(conn, user_id, self.fallback_after)]
         if not ended:
             return False
         log.info("Conversation %d ended: %s", conversation_id, reason)
         if self.on_change:
             await self.on_change(conversation_id)
         self.background.spawn(self.portal.close(conversation_id), f"close {conversation_id}")
-        if requeue:
-            await self.match()
+        for user_id in requeued:
+            await self.matchmaker.claim(user_id)
         return True
 
     async def leave(self, conversation_id: int, user_id: str) -> None:

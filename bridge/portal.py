@@ -44,10 +44,11 @@ class Portal:
     def ghost(self, ghost_id: str) -> IntentAPI:
         return self.appservice.intent.user(ghost_id)
 
-    async def notice(self, intent: IntentAPI, room_id: str, key: str, *, cause: str) -> str:
+    async def notice(self, intent: IntentAPI, room_id: str, key: str, *, cause: str,
+                     **values: str) -> str:
         content = TextMessageEventContent(
             msgtype=MessageType.NOTICE,
-            body=messages.text(key, prefix=self.config["bridge.command_prefix"]))
+            body=messages.text(key, prefix=self.config["bridge.command_prefix"], **values))
         return await intent.send_message_event(room_id, EventType.ROOM_MESSAGE, content,
                                                txn_id=txn_id(key, room_id, cause))
 
@@ -74,6 +75,14 @@ class Portal:
     async def _create_room(self, conv: Conversation, side: Side) -> str:
         ghost = self.ghost(side.ghost_id)
         await ghost.ensure_registered()
+        # This side's ghost is new and only ever joins this side's room: a room it is in
+        # already is one whose creation a crash interrupted before it was recorded
+        # (createRoom has no transaction ID). Reuse it rather than leave it orphaned.
+        joined = await ghost.get_joined_rooms()
+        if joined:
+            await conversations.set_room(self.pool, conv.id, side.side, joined[0])
+            log.info("Conversation %d: side %d room %s (recovered)", conv.id, side.side, joined[0])
+            return joined[0]
         await ghost.set_displayname(self.config["bridge.ghost_displayname"], check_current=False)
         # No invitees here: createRoom fails whole when the invitee's server is unreachable.
         room_id = await ghost.create_room(
@@ -90,8 +99,11 @@ class Portal:
 
     async def greet(self, conv: Conversation) -> None:
         for side in conv.sides:
-            await self.notice(self.ghost(side.ghost_id), side.room_id, "chat_opened",
-                              cause=conv.id)
+            # Shared tags, or that the match fell back on this side's interests / language.
+            key, values = messages.chat_opened(conv.shared_tags, side.interests_unmet,
+                                               side.language_unmet)
+            await self.notice(self.ghost(side.ghost_id), side.room_id, key, cause=conv.id,
+                              **values)
 
     # -- closing ----------------------------------------------------------------------------
 

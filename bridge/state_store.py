@@ -7,6 +7,8 @@ conversation is cleaned up.
 """
 from __future__ import annotations
 
+import logging
+
 from mautrix.appservice.state_store import ASStateStore
 from mautrix.client.state_store import MemoryStateStore
 
@@ -26,3 +28,16 @@ class TrimmedStateStore(ASStateStore, MemoryStateStore):
     def forget_user(self, user_id: str) -> None:
         self._registered.pop(user_id, None)
         self._presence.pop(user_id, None)
+
+
+def forget_user_logger(base: logging.Logger, user_id: str) -> None:
+    """mautrix makes a logger per appservice user (``<base>.api.<user ID>``), and Python
+    keeps every logger for ever: with a new ghost per conversation they would pile up
+    (plus a placeholder per dot in the server name). Drop the ghost's."""
+    prefix = f"{base.name}.api."
+    name = prefix + user_id
+    loggers = logging.Logger.manager.loggerDict
+    with logging._lock:  # the logging module's own lock for loggerDict
+        for key in [k for k in loggers if k.startswith(prefix) and
+                    (k == name or name.startswith(k + "."))]:
+            del loggers[key]

@@ -32,22 +32,24 @@ class BridgedLab:
     def bridge_domain(self) -> str:
         return self.lab.homeservers[0].server_name
 
-    async def client(self, hs_index: int, name: str) -> LabClient:
-        """A new user with a unique localpart and a display name, syncing."""
+    async def client(self, hs_index: int, name: str, encrypted: bool = False) -> LabClient:
+        """A new user with a unique localpart and a display name, syncing (with an E2EE
+        device when `encrypted`)."""
         hs = self.lab.homeservers[hs_index]
         localpart = f"{name.lower()}{uuid.uuid4().hex[:8]}"
         display_name = f"{name} Q{uuid.uuid4().hex[:10]}"
         user = await hs.register_user(localpart, displayname=display_name)
-        client = await LabClient.login(user)
+        client = await LabClient.login(user, encrypted=encrypted)
         client.display_name = display_name
         await client.start_syncing()
         self.clients.append(client)
         return client
 
-    async def open_dm(self, client: LabClient) -> str:
-        """DM the bot the way clients do; returns the room once the bot has greeted."""
+    async def open_dm(self, client: LabClient, encrypted: bool = False) -> str:
+        """DM the bot the way clients do (`encrypted`: as Element X does); returns the room
+        once the bot has greeted."""
         mark = client.mark()
-        room_id = await client.create_dm(self.bot_id)
+        room_id = await client.create_dm(self.bot_id, encrypted=encrypted)
         await client.wait_for_event(
             lambda s: s.room_id == room_id and s.sender == self.bot_id
             and "agree" in (s.body or ""), since=mark, description="greeting")

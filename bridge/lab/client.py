@@ -4,8 +4,10 @@ It syncs in the background and keeps *every* raw event it receives (timeline, st
 state, ephemeral, account data, to-device) in one in-memory log, so a test can both wait for
 what it expects and scan everything a user ever received for leaked identifiers.
 
-Encryption is not enabled yet; ``login(store_path=...)`` and ``Seen.event`` (the nio object,
-which nio would decrypt) are where it plugs in later.
+``login(encrypted=True)`` gives the client a real E2EE device (nio with ``matrix-nio[e2e]``,
+its own store): it uploads its keys, tracks device lists, encrypts what it sends and
+decrypts what it gets. ``Seen.source`` stays the raw event as received; ``Seen.decrypted``
+is nio's decryption, which ``type``, ``content`` and ``body`` show when there is one.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import aiohttp
-from nio import (AsyncClient, AsyncClientConfig, JoinError, RoomCreateError, RoomLeaveError,
-                 RoomPreset, RoomSendError, SyncError)
+from nio import (AsyncClient, AsyncClientConfig, JoinError, MegolmEvent, RoomCreateError,
+                 RoomLeaveError, RoomPreset, RoomSendError, SyncError)
 
 from .synapse import LabUser
 
@@ -42,15 +46,22 @@ class Seen:
     section: str  # timeline | state | invite | ephemeral | account_data | to_device | presence
     source: dict[str, Any]
     event: Any = None
+    decrypted: dict[str, Any] | None = None  # nio's decryption of an m.room.encrypted event
+    decrypted_later: bool = False  # keys came late: a decrypted copy was logged after it
 
-    type = property(lambda self: self.source.get("type"))
+    type = property(lambda self: (self.decrypted or self.source).get("type"))
+    raw_type = property(lambda self: self.source.get("type"))
     sender = property(lambda self: self.source.get("sender"))
     event_id = property(lambda self: self.source.get("event_id"))
     state_key = property(lambda self: self.source.get("state_key"))
 
     @property
+    def undecryptable(self) -> bool:
+        return self.raw_type == "m.room.encrypted" and self.decrypted is None
+
+    @property
     def content(self) -> dict[str, Any]:
-        content = self.source.get("content")
+        content = (self.decrypted or self.source).get("content")
         return content if isinstance(content, dict) else {}
 
     @property
@@ -88,18 +99,27 @@ class LabClient:
         self._cond = asyncio.Condition()
         self._sync_task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._own_store: str | None = None  # a temporary E2EE store removed on close
 
     @classmethod
-    async def login(cls, user: LabUser, store_path: str | None = None) -> "LabClient":
-        """Use the user's existing access token and device (no password login)."""
-        config = AsyncClientConfig(encryption_enabled=False, store_sync_tokens=False,
+    async def login(cls, user: LabUser, store_path: str | None = None,
+                    encrypted: bool = False) -> "LabClient":
+        """Use the user's existing access token and device (no password login).
+        `encrypted`: an E2EE device, its keys in `store_path` (a new temporary directory
+        when not given); its keys are uploaded on the first sync."""
+        own_store = encrypted and not store_path
+        if own_store:
+            store_path = tempfile.mkdtemp(prefix="labclient-")
+        config = AsyncClientConfig(encryption_enabled=encrypted, store_sync_tokens=False,
                                    max_timeouts=5, max_limit_exceeded=0,
                                    request_timeout=SYNC_TIMEOUT_MS / 1000 + 30)
         client = _RecordingAsyncClient(user.homeserver.client_url, user.user_id,
                                        device_id=user.device_id, store_path=store_path or "",
                                        config=config)
         client.restore_login(user.user_id, user.device_id, user.access_token)
-        return cls(user, client)
+        lab_client = cls(user, client)
+        lab_client._own_store = store_path if own_store else None
+        return lab_client
 
     @property
     def user_id(self) -> str:
@@ -135,6 +155,36 @@ class LabClient:
         body = self.nio.last_sync_body  # type: ignore[attr-defined]
         if body:
             await self._record(body, self._nio_events(resp))
+        if self.nio.olm is not None:
+            await self._crypto_upkeep()
+
+    async def _crypto_upkeep(self) -> None:
+        """What nio's sync_forever does between syncs: keys up, device lists, Olm sessions;
+        then a second chance for events whose room key came in a later sync."""
+        if self.nio.should_upload_keys:
+            await self.nio.keys_upload()
+        if self.nio.should_query_keys:
+            await self.nio.keys_query()
+        if self.nio.should_claim_keys:
+            await self.nio.keys_claim(self.nio.get_users_for_key_claiming())
+        await self.nio.send_to_device_messages()
+        late = []
+        for seen in self.log:
+            if (seen.undecryptable and not seen.decrypted_later
+                    and isinstance(seen.event, MegolmEvent)):
+                try:
+                    decrypted = self.nio.decrypt_event(seen.event)
+                except Exception:  # still no key (nio raises EncryptionError)
+                    continue
+                if not isinstance(decrypted, MegolmEvent) and hasattr(decrypted, "source"):
+                    seen.decrypted_later = True
+                    late.append((seen, decrypted))
+        if late:
+            async with self._cond:
+                for seen, decrypted in late:
+                    self.log.append(Seen(len(self.log), seen.room_id, seen.section, seen.source,
+                                         decrypted, decrypted.source))
+                self._cond.notify_all()
 
     @staticmethod
     def _nio_events(resp: Any) -> dict[str, Any]:
@@ -173,7 +223,9 @@ class LabClient:
         async with self._cond:
             for room_id, section, source in new:
                 nio_event = parsed.get(source.get("event_id", ""))
-                self.log.append(Seen(len(self.log), room_id, section, source, nio_event))
+                clear = (nio_event.source if getattr(nio_event, "decrypted", False)
+                         and source.get("type") == "m.room.encrypted" else None)
+                self.log.append(Seen(len(self.log), room_id, section, source, nio_event, clear))
             self._cond.notify_all()
 
     def mark(self) -> int:
@@ -230,6 +282,10 @@ class LabClient:
     def events_in(self, room_id: str) -> list[dict[str, Any]]:
         """Every raw event dict received for *room_id*, in any section, in arrival order."""
         return [s.source for s in self.log if s.room_id == room_id]
+
+    def decrypted_events_in(self, room_id: str) -> list[dict[str, Any]]:
+        """The decrypted form of every encrypted event received for *room_id*."""
+        return [s.decrypted for s in self.log if s.room_id == room_id and s.decrypted]
 
     def all_events(self) -> list[dict[str, Any]]:
         return [s.source for s in self.log]
@@ -316,3 +372,5 @@ class LabClient:
             await self._session.close()
             self._session = None
         await self.nio.close()
+        if self._own_store:
+            shutil.rmtree(self._own_store, ignore_errors=True)

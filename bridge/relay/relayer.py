@@ -40,6 +40,11 @@ class Relayer:
         self.portal = portal
 
     async def relay(self, conv: Conversation, side: Side, event: dict) -> None:
+        if await relayed.target_of(self.pool, event["event_id"]) is not None:
+            # Relayed already: the event is being handled again after a crash or a database
+            # outage hit between the send and marking it handled. The homeserver's own
+            # transaction-ID dedup is only in memory, so do not count on it.
+            return
         partner = conv.partner_of(side)
         mapping = {}
         for event_id in referenced_event_ids(event.get("content")):

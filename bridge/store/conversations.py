@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-_SIDE_COLUMNS = "conversation_id, side, user_id, ghost_id, room_id, joined_at, live, closed_at"
+_SIDE_COLUMNS = ("conversation_id, side, user_id, ghost_id, room_id, joined_at, live, closed_at, "
+                 "interests_unmet, language_unmet")
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,9 @@ class Side:
     joined_at: datetime | None
     live: bool
     closed_at: datetime | None
+    # The match fell back on this user's interests / language (their opening notice says so).
+    interests_unmet: bool = False
+    language_unmet: bool = False
 
     @property
     def other(self) -> int:
@@ -31,6 +35,8 @@ class Conversation:
     end_reason: str | None
     ended_by: str | None
     sides: tuple[Side, Side]
+    shared_tags: tuple[str, ...] = ()
+    created_at: datetime | None = None
 
     def side_of(self, user_id: str) -> Side | None:
         return next((s for s in self.sides if s.user_id == user_id), None)
@@ -45,7 +51,7 @@ def _side(row) -> Side:
 
 async def get(db, conversation_id: int) -> Conversation | None:
     head = await db.fetchrow(
-        """SELECT id, state, invite_deadline, end_reason, ended_by
+        """SELECT id, state, invite_deadline, end_reason, ended_by, shared_tags, created_at
            FROM conversations WHERE id = $1""",
         conversation_id)
     if head is None:
@@ -54,20 +60,30 @@ async def get(db, conversation_id: int) -> Conversation | None:
         f"SELECT {_SIDE_COLUMNS} FROM conversation_sides WHERE conversation_id = $1 ORDER BY side",
         conversation_id)
     return Conversation(head["id"], head["state"], head["invite_deadline"], head["end_reason"],
-                        head["ended_by"], tuple(_side(r) for r in rows))
+                        head["ended_by"], tuple(_side(r) for r in rows),
+                        tuple(head["shared_tags"]), head["created_at"])
 
 
 async def create(conn, user_a: str, user_b: str, ghost_for_a: str, ghost_for_b: str,
-                 invite_timeout: float) -> int:
-    """A new conversation in state 'opening'; ghost_for_a sits in a's room, standing for b."""
-    conversation_id = await conn.fetchval(
-        """INSERT INTO conversations (invite_deadline)
-           VALUES (now() + make_interval(secs => $1)) RETURNING id""", invite_timeout)
-    await conn.executemany(
-        """INSERT INTO conversation_sides (conversation_id, side, user_id, ghost_id)
-           VALUES ($1, $2, $3, $4)""",
-        [(conversation_id, 0, user_a, ghost_for_a), (conversation_id, 1, user_b, ghost_for_b)])
-    return conversation_id
+                 invite_timeout: float, shared_tags: tuple[str, ...] = (),
+                 unmet: tuple[tuple[bool, bool], tuple[bool, bool]] = ((False, False),
+                                                                       (False, False))) -> int:
+    """A new conversation in state 'opening'; ghost_for_a sits in a's room, standing for b.
+    `unmet`: per side, (interests, language) the match could not honour."""
+    return await conn.fetchval(
+        """WITH c AS (
+               INSERT INTO conversations (invite_deadline, shared_tags)
+               VALUES (now() + make_interval(secs => $1), $2) RETURNING id),
+           s AS (
+               INSERT INTO conversation_sides (conversation_id, side, user_id, ghost_id,
+                                               interests_unmet, language_unmet)
+               SELECT c.id, v.side, v.user_id, v.ghost_id, v.interests_unmet, v.language_unmet
+               FROM c, (VALUES (0, $3, $4, $5::boolean, $6::boolean),
+                               (1, $7, $8, $9::boolean, $10::boolean))
+                       AS v(side, user_id, ghost_id, interests_unmet, language_unmet))
+           SELECT id FROM c""",
+        float(invite_timeout), list(shared_tags), user_a, ghost_for_a, *unmet[0],
+        user_b, ghost_for_b, *unmet[1])
 
 
 async def side_by_room(db, room_id: str) -> Side | None:
@@ -155,5 +171,36 @@ async def unfinished(db) -> list[int]:
     return [r["id"] for r in rows]
 
 
+async def count_chatting(db) -> int:
+    """People in a conversation now (including those still being invited)."""
+    return await db.fetchval("SELECT count(*) FROM conversation_sides WHERE live")
+
+
+async def live_since(db, user_id: str) -> datetime | None:
+    """When the user's current conversation was matched (None: not in one)."""
+    return await db.fetchval(
+        """SELECT c.created_at FROM conversation_sides s JOIN conversations c
+             ON c.id = s.conversation_id WHERE s.user_id = $1 AND s.live""", user_id)
+
+
 async def count_live(db) -> int:
     return await db.fetchval("SELECT count(*) FROM conversations WHERE state <> 'ended'")
+
+
+async def live_sides(db) -> list[Side]:
+    """Every side of a conversation not ended yet that has its room."""
+    rows = await db.fetch(
+        f"SELECT {_SIDE_COLUMNS} FROM conversation_sides WHERE live AND room_id IS NOT NULL")
+    return [_side(r) for r in rows]
+
+
+async def stale_unclosed(db, older_than_seconds: float) -> list[int]:
+    """Ended conversations whose rooms are still not cleaned up a while after they ended:
+    the cleanup failed (homeserver or database away) and must be tried again."""
+    rows = await db.fetch(
+        """SELECT DISTINCT c.id FROM conversations c JOIN conversation_sides s
+             ON s.conversation_id = c.id
+           WHERE c.state = 'ended' AND s.closed_at IS NULL
+             AND c.ended_at < now() - make_interval(secs => $1)
+           ORDER BY c.id""", older_than_seconds)
+    return [r["id"] for r in rows]

@@ -36,3 +36,29 @@ async def prune(db, older_than_seconds: float) -> int:
         """DELETE FROM inbox WHERE handled_at IS NOT NULL
            AND handled_at < now() - make_interval(secs => $1)""", older_than_seconds)
     return int(status.split()[-1])
+
+
+async def known(db, event_ids: list[str], before_seq: int | None = None) -> set[str]:
+    """Which of these events are accounted for: handled, or (with before_seq) waiting in
+    the inbox ahead of the event with that seq."""
+    rows = await db.fetch(
+        """SELECT event_id FROM inbox WHERE event_id = ANY($1::text[])
+           AND (handled_at IS NOT NULL OR ($2::bigint IS NOT NULL AND seq < $2))""",
+        event_ids, before_seq)
+    return {row["event_id"] for row in rows}
+
+
+async def unhandled_by_id(db, event_ids: list[str]) -> list[tuple[int, dict]]:
+    """The given events still waiting in the inbox, in the order of event_ids."""
+    rows = await db.fetch(
+        """SELECT seq, event_id, event FROM inbox
+           WHERE event_id = ANY($1::text[]) AND handled_at IS NULL""", event_ids)
+    found = {row["event_id"]: (row["seq"], json.loads(row["event"])) for row in rows}
+    return [found[event_id] for event_id in event_ids if event_id in found]
+
+
+async def recently_active_rooms(db, seconds: float, limit: int) -> list[str]:
+    rows = await db.fetch(
+        """SELECT room_id FROM inbox WHERE received_at > now() - make_interval(secs => $1)
+           GROUP BY room_id ORDER BY max(seq) DESC LIMIT $2""", seconds, limit)
+    return [row["room_id"] for row in rows]

@@ -20,3 +20,9 @@ async def counterpart(db, conversation_id: int, event_id: str) -> str | None:
            SELECT source_event_id FROM relayed
              WHERE conversation_id = $1 AND target_event_id = $2
            LIMIT 1""", conversation_id, event_id)
+
+
+async def target_of(db, source_event_id: str) -> str | None:
+    """The copy of source_event_id in the partner's room, when it was relayed."""
+    return await db.fetchval(
+        "SELECT target_event_id FROM relayed WHERE source_event_id = $1", source_event_id)

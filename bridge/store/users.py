@@ -64,3 +64,22 @@ async def agree(db, user_id: str) -> bool:
         "UPDATE users SET agreed_at = now() WHERE user_id = $1 AND agreed_at IS NULL", user_id)
     return status.endswith(" 1")
 
+
+
+async def owner_of_dm_room(db, room_id: str) -> str | None:
+    return await db.fetchval("SELECT user_id FROM users WHERE dm_room_id = $1 LIMIT 1", room_id)
+
+
+async def preferences(db, user_id: str) -> tuple[tuple[str, ...], str | None]:
+    """(interest tags, language) the user chose; ((), None) when none."""
+    row = await db.fetchrow("SELECT tags, lang FROM users WHERE user_id = $1", user_id)
+    return (tuple(row["tags"]), row["lang"]) if row else ((), None)
+
+
+async def set_tags(db, user_id: str, tags: tuple[str, ...]) -> None:
+    """Tags must already be normalised (bridge.matching.parse_tags)."""
+    await db.execute("UPDATE users SET tags = $2 WHERE user_id = $1", user_id, list(tags))
+
+
+async def set_lang(db, user_id: str, lang: str | None) -> None:
+    await db.execute("UPDATE users SET lang = $2 WHERE user_id = $1", user_id, lang)

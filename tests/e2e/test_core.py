@@ -84,6 +84,11 @@ async def test_pair_relay_anonymously_leave_and_rematch(bridged: BridgedLab):
     # Anonymity: nothing either client received in its chat room names the other.
     assert leaks(bob.events_in(bob_room), alice, allowed_server=bridged.bridge_domain) == []
     assert leaks(alice.events_in(alice_room), bob, allowed_server=bridged.bridge_domain) == []
+    # ... and the bridge never writes message text to its log, even at DEBUG.
+    log_text = bridged.bridge.log_path.read_text(errors="replace")
+    assert "DEBUG" in log_text
+    for body in ("hello from alice", "hi alice's stranger", "are you there?"):
+        assert body not in log_text
 
     # alice leaves: bob is told and the ghost leaves his room; alice is queued again.
     bob_mark, alice_mark = bob.mark(), alice.mark()

@@ -14,7 +14,8 @@ from bridge.database import (DatabaseError, _alembic_config, current_revision, h
                              migrate, open_database)
 
 ADMIN_DSN = os.environ.get("STRANGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = {"users", "waiting", "conversations", "conversation_sides", "inbox", "relayed"}
+TABLES = {"users", "waiting", "conversations", "conversation_sides", "inbox", "relayed",
+          "waiting_keys", "recent_pairs"}
 
 
 @pytest.fixture

@@ -75,10 +75,10 @@ async def test_queue_enqueue_dequeue(pool):
     assert await queue.is_waiting(pool, A)
     assert await queue.count(pool) == 2
 
-    async with pool.acquire() as conn, conn.transaction():
-        oldest = await queue.lock_oldest(conn, 10)
-    assert [w.user_id for w in oldest] == [A, B]
-    assert oldest[0].seq < oldest[1].seq
+    oldest = await pool.fetch("SELECT user_id, seq FROM waiting ORDER BY seq")
+    assert [w["user_id"] for w in oldest] == [A, B]
+    # Each waiter without tags has one index key ('' tag, '' language).
+    assert await pool.fetchval("SELECT count(*) FROM waiting_keys WHERE tag = '' AND lang = ''") == 2
 
     assert await queue.dequeue(pool, A) is True
     assert await queue.dequeue(pool, A) is False

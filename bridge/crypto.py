@@ -1,0 +1,297 @@
+"""The bot's end-to-end encryption: a real device, mautrix's OlmMachine, keys in PostgreSQL.
+
+"Classic" mode, which works on a stock Synapse with no experimental flags: the bot logs in
+with the appservice login type to one fixed device (its ID is kept in the crypto store, so
+restarts reuse it) and long-polls /sync as that device, for to-device messages (room keys),
+device list changes and its one-time key count only; rooms come through transactions.
+
+The crypto store is mautrix's PgCryptoStore in the bridge's own database. Its tables
+(crypto_*) belong to mautrix's upgrade table `crypto_version`, not to alembic: mautrix
+migrates that schema with its releases, on start, as in every mautrix bridge. No name clashes
+with `alembic_version` or ours, and alembic never autogenerates (no target metadata), so it
+never proposes dropping them.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+from mautrix.appservice import AppService, IntentAPI
+from mautrix.client import Client
+from mautrix.client.syncer import SyncStream
+from mautrix.crypto import OlmMachine, PgCryptoStore, RejectKeyShare, StateStore
+from mautrix.errors import (DecryptionError, EncryptionError, MForbidden, MNotFound,
+                            MUnknownToken, SessionNotFound)
+from mautrix.types import (DeviceLists, DeviceOTKCount, EncryptedEvent,
+                           EncryptedMegolmEventContent, EventType, Filter, LoginType, Membership,
+                           PresenceState, RoomKeyWithheldCode, StateEvent, ToDeviceEvent,
+                           TrustState)
+from mautrix.util.async_db import Database
+
+from bridge.config import Config
+from bridge.dispatcher import is_transient
+from bridge.state_store import TrimmedStateStore
+from bridge.store import conversations, users
+
+log = logging.getLogger("bridge.crypto")
+
+DEVICE_NAME = "Stranger Bridge"
+# A room key often arrives a moment after its event (to-device messages take another path).
+KEY_WAIT_SECONDS = 10.0
+# No rooms, no presence, no account data: to-device, device lists and OTK counts remain.
+SYNC_FILTER = Filter.deserialize({"room": {"rooms": []}, "presence": {"not_types": ["*"]},
+                                  "account_data": {"not_types": ["*"]}})
+
+
+class Undecryptable(Exception):
+    """An encrypted event that will never decrypt (malformed, replayed, wrong room...)."""
+
+
+class RoomStates(StateStore):
+    """What OlmMachine asks about rooms, answered from the app's in-memory state store, which
+    the bridge keeps current from transactions (Crypto.handle_state); a room not seen since
+    start is asked of the homeserver once. Shared rooms also come from our own tables, so a
+    user's new device gets fresh keys in their DM even right after a restart."""
+
+    def __init__(self, cache: TrimmedStateStore, bot: IntentAPI, pool: asyncpg.Pool) -> None:
+        self.cache, self.bot, self.pool = cache, bot, pool
+
+    async def fetch(self, room_id: str, intent: IntentAPI | None = None) -> None:
+        if await self.cache.has_encryption_info_cached(room_id):
+            return
+        try:  # get_state_event caches what it gets; ensure_joined=False: never join to look
+            await (intent or self.bot).get_state_event(room_id, EventType.ROOM_ENCRYPTION,
+                                                       ensure_joined=False)
+        except MNotFound:
+            self.cache.encryption[room_id] = None
+        except MForbidden:
+            log.debug("Cannot read the state of %s as %s", room_id, (intent or self.bot).mxid)
+
+    async def is_encrypted(self, room_id: str) -> bool:
+        return await self.get_encryption_info(room_id) is not None
+
+    async def get_encryption_info(self, room_id: str):
+        await self.fetch(room_id)
+        return await self.cache.get_encryption_info(room_id)
+
+    async def find_shared_rooms(self, user_id: str) -> list[str]:
+        rooms = {room_id for room_id, members in self.cache.members.items()
+                 if (m := members.get(user_id)) and m.membership in (Membership.JOIN,
+                                                                     Membership.INVITE)}
+        user = await users.get(self.pool, user_id)
+        side = await conversations.live_side_of(self.pool, user_id)
+        rooms.update(r for r in (user and user.dm_room_id, side and side.room_id) if r)
+        return list(rooms)
+
+
+class Crypto:
+    def __init__(self, appservice: AppService, config: Config, state_store: TrimmedStateStore,
+                 pool: asyncpg.Pool) -> None:
+        self.appservice, self.config, self.cache = appservice, config, state_store
+        self.rooms = RoomStates(state_store, appservice.intent, pool)
+        # A small pool of its own, in the bridge's database (see the module docstring).
+        self.db = Database.create(
+            config["database.uri"], upgrade_table=PgCryptoStore.upgrade_table,
+            db_args={"min_size": 1, "max_size": 4}, log=logging.getLogger("mau.crypto.db"))
+        self.store = PgCryptoStore(config.bot_mxid, config["bridge.encryption.pickle_key"],
+                                   self.db)
+        self.client = Client(mxid=config.bot_mxid, base_url=config["homeserver.address"],
+                             client_session=appservice.http_session, state_store=state_store,
+                             log=logging.getLogger("mau.crypto.client"), default_retry_count=4)
+        self.machine = OlmMachine(self.client, self.store, self.rooms)
+        levels = config["bridge.encryption.verification_levels"]
+        self.min_receive_trust = TrustState.parse(levels["receive"])
+        self.machine.send_keys_min_trust = TrustState.parse(levels["send"])
+        self.machine.share_keys_min_trust = TrustState.parse(levels["share"])
+        self.machine.allow_key_share = self._allow_key_share
+        self._sync_task: asyncio.Task | None = None
+        self._cancellable = self._stopping = self._relogin = False
+
+    async def start(self) -> None:
+        await self.db.start()  # runs mautrix's crypto store migrations (crypto_version)
+        await self.store.open()
+        known_device = await self.store.get_device_id()
+        await self._login(known_device)
+        await self.machine.load()
+        if not known_device:
+            await self.store.put_device_id(self.client.device_id)
+        own = await self.client.query_keys([self.client.mxid])
+        device = own.device_keys.get(self.client.mxid, {}).get(self.client.device_id)
+        signed = False
+        if not self.machine.account.shared or device is None or not device.keys:
+            # New, or the homeserver lost its keys (deleted by an admin, re-created by our
+            # login): upload them; the device keeps its identity either way.
+            self.machine.account.shared = False
+            await self.machine.share_keys()
+        elif ssk := own.self_signing_keys.get(self.client.mxid):
+            signed = bool(set(ssk.keys) & set(device.signatures.get(self.client.mxid, {})))
+        if self.config["bridge.encryption.self_sign"] and not signed:
+            # Clients following MSC4153 (Element's "exclude insecure devices") ignore devices
+            # their owner did not cross-sign: sign ours, once. The recovery key is not kept.
+            try:
+                await self.machine.generate_recovery_key()
+                log.info("Cross-signed the bot's device %s", self.client.device_id)
+            except Exception as e:  # e.g. keys set up before: replacing them needs UIA
+                log.warning("Could not cross-sign the bot's device (%s); some clients will "
+                            "warn about it, encryption still works", e)
+        filter_id = await self.client.create_filter(SYNC_FILTER)
+        self._sync_task = asyncio.create_task(self._sync_loop(filter_id), name="crypto sync")
+        log.info("Encryption ready: %s device %s (%s)", self.client.mxid, self.client.device_id,
+                 "reused" if known_device else "new")
+
+    async def _login(self, device_id: str | None) -> None:
+        # The AS token authenticates the appservice login; the device's own token replaces it.
+        self.client.api.token = self.appservice.as_token
+        await self.client.login(login_type=LoginType.APPSERVICE, device_name=DEVICE_NAME,
+                                device_id=device_id or None, store_access_token=True)
+
+    async def stop(self) -> None:
+        """Finish handling the current sync (so no room key is lost), then stop."""
+        self._stopping = True
+        task, self._sync_task = self._sync_task, None
+        if task is not None:
+            if self._cancellable:
+                task.cancel()
+            if not (await asyncio.wait([task], timeout=15))[0]:
+                task.cancel()
+        await self.store.close()
+        await self.db.stop()
+
+    async def _sync_loop(self, filter_id: str) -> None:
+        delay = 1.0
+        while not self._stopping:
+            try:
+                self._cancellable = True  # waiting on the homeserver: nothing half done
+                if self._relogin:
+                    await self._login(self.client.device_id)
+                    self._relogin = False
+                data = await self.client.sync(
+                    since=await self.store.get_next_batch(), timeout=30000,
+                    filter_id=filter_id, set_presence=PresenceState.OFFLINE)
+                self._cancellable = False
+                await self._handle_sync(data)
+                # Only now: a crash while handling sees the same to-device messages again.
+                await self.store.put_next_batch(data["next_batch"])
+                delay = 1.0
+            except MUnknownToken:
+                log.warning("The bot device's access token was revoked; logging in again")
+                self._relogin = True
+            except Exception as e:
+                self._cancellable = True
+                log.warning("Crypto sync failed (%s); retrying in %.0fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60)
+
+    async def _handle_sync(self, data: dict[str, Any]) -> None:
+        work = []
+        if changed := (data.get("device_lists") or {}).get("changed"):
+            work.append(self.machine.handle_device_lists(DeviceLists(changed=changed)))
+        for raw in (data.get("to_device") or {}).get("events", []):
+            try:
+                evt = ToDeviceEvent.deserialize(raw)
+            except Exception:
+                log.warning("Skipped a malformed to-device event from %s", raw.get("sender"))
+                continue
+            evt.source = SyncStream.TO_DEVICE
+            if evt.type == EventType.TO_DEVICE_ENCRYPTED:
+                work.append(self.machine.handle_to_device_event(evt))
+            elif evt.type == EventType.ROOM_KEY_REQUEST:
+                work.append(self.machine.handle_room_key_request(evt))
+        if (counts := data.get("device_one_time_keys_count")) is not None:
+            work.append(self.machine.handle_otk_count(
+                DeviceOTKCount(signed_curve25519=counts.get("signed_curve25519", 0))))
+        for step in work:  # in order, each on its own: one bad message must not stop the rest
+            try:
+                await step
+            except Exception:
+                log.exception("Crypto sync handling failed")
+
+    async def is_encrypted(self, room_id: str, intent: IntentAPI | None = None) -> bool:
+        """`intent`: someone who is in the room (default the bot), to read its state."""
+        await self.rooms.fetch(room_id, intent)
+        return await self.cache.get_encryption_info(room_id) is not None
+
+    async def handle_state(self, event: dict) -> None:
+        """Keep the room cache current: call with every state event from a transaction,
+        in room order, before anything else handles it."""
+        if event.get("type") not in ("m.room.member", "m.room.encryption"):
+            return
+        try:
+            await self.cache.update_state(evt := StateEvent.deserialize(event))
+        except Exception:
+            return
+        user = evt.state_key if evt.type == EventType.ROOM_MEMBER else None
+        # Cache only: no request per membership change in rooms the bot cannot read.
+        if (user and user != self.config.bot_mxid and not self.config.is_ghost(user)
+                and await self.cache.is_encrypted(evt.room_id)):
+            # Someone came or went: the next message gets a new session (only members read).
+            await self.machine.handle_member_event(evt)
+
+    async def decrypt(self, event: dict, timeout: float = KEY_WAIT_SECONDS) -> dict | None:
+        """The event with type and content decrypted, or None when its key has not come within
+        `timeout` seconds. Raises Undecryptable for events that never will decrypt."""
+        try:
+            evt = EncryptedEvent.deserialize(event)
+        except Exception as e:
+            raise Undecryptable(f"malformed encrypted event: {e}") from e
+        if not isinstance(evt.content, EncryptedMegolmEventContent):
+            raise Undecryptable("not a megolm event")
+        try:
+            try:
+                result = await self.machine.decrypt_megolm_event(evt)
+            except SessionNotFound as e:
+                if not await self.machine.wait_for_session(evt.room_id, e.session_id, timeout):
+                    return None
+                result = await self.machine.decrypt_megolm_event(evt)
+        except SessionNotFound:
+            return None
+        except DecryptionError as e:
+            raise Undecryptable(f"{type(e).__name__}: {e}") from e
+        except Exception as e:  # plaintext that mautrix cannot parse, e.g. non-object content
+            if is_transient(e):  # e.g. the sender's device keys could not be fetched: retry
+                raise
+            raise Undecryptable(f"undecodable payload: {e}") from e
+        if (trust := result["mautrix"]["trust_state"]) < self.min_receive_trust:
+            raise Undecryptable(f"sender device trust {trust} is below the configured minimum")
+        content = result.content.serialize()  # SerializableAttrs or Obj: both serialize
+        return {**event, "type": str(result.type), "content": content}
+
+    async def encrypt(self, room_id: str, event_type: str, content: dict,
+                      intent: IntentAPI | None = None) -> tuple[str, dict]:
+        """("m.room.encrypted", content) to send into the room; shares a megolm session with
+        every member's devices first when needed. `intent`: a member (default the bot)."""
+        await self.rooms.fetch(room_id, intent)
+        etype = EventType.find(event_type, EventType.Class.MESSAGE)
+        try:
+            encrypted = await self.machine.encrypt_megolm_event(room_id, etype, content)
+        except EncryptionError:  # no session yet, or it expired, or membership changed
+            members = await self._members(room_id, intent or self.appservice.intent)
+            # No await between the check and the call: only one share per room at a time.
+            if self.machine.is_sharing_group_session(room_id):
+                await self.machine.wait_group_session_share(room_id)
+            else:
+                await self.machine.share_group_session(room_id, members)
+            encrypted = await self.machine.encrypt_megolm_event(room_id, etype, content)
+        return "m.room.encrypted", encrypted.serialize()
+
+    async def _members(self, room_id: str, intent: IntentAPI) -> list[str]:
+        if not await self.cache.has_full_member_list(room_id):
+            await intent.get_members(room_id)  # every membership, cached from now on
+        return [user_id for user_id in await self.cache.get_members(room_id)  # join + invite
+                if user_id != self.config.bot_mxid and not self.config.is_ghost(user_id)]
+
+    async def _allow_key_share(self, device, request) -> bool:
+        """A member's device asks for a room key (e.g. a device added later)."""
+        if not self.config["bridge.encryption.allow_key_sharing"]:
+            return False
+        if await self.machine.resolve_trust(device) < self.machine.share_keys_min_trust:
+            raise RejectKeyShare(f"untrusted device {device.device_id}",
+                                 RoomKeyWithheldCode.UNVERIFIED, "Your device is not trusted")
+        await self._members(request.room_id, self.appservice.intent)  # fills the cache
+        member = await self.cache.get_member(request.room_id, device.user_id)
+        if member is None or member.membership != Membership.JOIN:
+            raise RejectKeyShare(f"{device.user_id} is not in {request.room_id}",
+                                 RoomKeyWithheldCode.UNAUTHORIZED, "You're not in that room")
+        return True

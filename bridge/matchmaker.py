@@ -1,0 +1,152 @@
+"""Claiming partners: one short transaction per claim, safe with several bridge processes.
+
+A claim is made for one waiter: when they join the queue, and again by the match timer when
+something changes for them by itself (their preference window closes, a cooldown with
+someone waiting expires). Because every newcomer looks for their partner, a queue left by
+claims holds nobody who could be paired; the policy (bridge.matching) gives the partner.
+
+Why no match is ever missed: a claim that finds nobody but skipped a locked candidate tries
+again shortly; one that finds nobody and skipped nothing proves that every compatible
+waiter who joins later will see this one when they look.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Awaitable, Callable
+
+import asyncpg
+
+from bridge import matching
+from bridge.config import Config
+from bridge.dispatcher import is_transient
+from bridge.store import claim, conversations, queue, recent_pairs
+
+log = logging.getLogger("bridge.matchmaker")
+
+# How long a claim keeps retrying while other claims hold its candidates, before leaving
+# the waiter to the timer.
+CLAIM_PATIENCE_SECONDS = 2.0
+GIVE_UP_RECHECK_SECONDS = 0.5
+SWEEP_BATCH = 200
+# The timer also polls this often, for deadlines set by other bridge processes.
+TIMER_POLL_SECONDS = 5.0
+
+
+class _Retry(Exception):
+    """This attempt saw a state other claims are changing; roll back and try again."""
+
+
+class Matchmaker:
+    def __init__(self, pool: asyncpg.Pool, config: Config,
+                 on_matched: Callable[[int], Awaitable[None]]) -> None:
+        self.pool = pool
+        self.config = config
+        self.on_matched = on_matched
+        self.wake = asyncio.Event()  # an earlier check time was set: the timer recomputes
+        self._timer_runs_at = 0.0  # loop time of the timer's next run (0: not running)
+
+    async def claim(self, user_id: str) -> int | None:
+        """Pair the waiter with their partner now; the new conversation's ID, or None when
+        there is nobody for them (or another claim holds them and will decide)."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + CLAIM_PATIENCE_SECONDS
+        backoff = 0.002
+        while True:
+            try:
+                conversation_id = await self._attempt(user_id)
+            except _Retry:
+                if loop.time() >= give_up_at:
+                    log.warning("Claim for a waiter kept meeting contention; the timer retries")
+                    await claim.check_soon(self.pool, user_id, GIVE_UP_RECHECK_SECONDS)
+                    self._check_in(GIVE_UP_RECHECK_SECONDS)
+                    return None
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+                backoff = min(backoff * 2, 0.05)
+                continue
+            if conversation_id is not None:
+                log.info("Matched conversation %d", conversation_id)
+                await self.on_matched(conversation_id)
+            return conversation_id
+
+    async def _attempt(self, user_id: str) -> int | None:
+        partner = None
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    locked = await claim.lock_self(conn, user_id)
+                    if locked is None:
+                        return None
+                    me, window_closed = locked
+                    if window_closed:
+                        await claim.widen(conn, user_id)
+                        me = matching.Waiter(me.user_id, me.seq, me.tags, me.lang, True)
+                    probes = matching.probes(me)
+                    partner = await claim.lock_partner(conn, me, probes)
+                    if partner is None:
+                        if await claim.any_candidate(conn, me, probes):
+                            raise _Retry
+                        self._check_in(await claim.settle(conn, user_id))
+                        return None
+                    # The partner's row is its latest version: re-check it under the lock.
+                    if not matching.compatible(me, partner):
+                        raise _Retry
+                    return await self._create(conn, me, partner)
+            except asyncpg.UniqueViolationError:
+                # One of them is in a live conversation already: their waiting row is stale.
+                await claim.drop_stale(conn, [user_id] + ([partner.user_id] if partner else []))
+                raise _Retry
+
+    def _check_in(self, seconds: float | None) -> None:
+        """A waiter is due a look in `seconds`: wake the timer if that is before its next
+        run (not on every settled claim: under load that would keep it spinning)."""
+        loop = asyncio.get_running_loop()
+        if seconds is not None and loop.time() + seconds < self._timer_runs_at - 0.01:
+            self.wake.set()
+
+    async def _create(self, conn, me: matching.Waiter, partner: matching.Waiter) -> int:
+        # Side 0 is whoever has waited longer.
+        first, second = sorted((me, partner), key=lambda w: w.seq)
+        await queue.remove_many(conn, [first.user_id, second.user_id])
+        return await conversations.create(
+            conn, first.user_id, second.user_id, self.config.ghost_mxid(),
+            self.config.ghost_mxid(), self.config["bridge.invite_timeout"],
+            shared_tags=matching.shared_tags(first, second),
+            unmet=(matching.unmet(first, second), matching.unmet(second, first)))
+
+    async def sweep(self) -> list[int]:
+        """Claim for every waiter due a look, longest-waiting first."""
+        created: list[int] = []
+        seen: set[str] = set()
+        while True:
+            due = [u for u in await claim.due(self.pool, SWEEP_BATCH) if u not in seen]
+            if not due:
+                return created
+            for user_id in due:
+                seen.add(user_id)
+                conversation_id = await self.claim(user_id)
+                if conversation_id is not None:
+                    created.append(conversation_id)
+
+    async def run_timer(self) -> None:
+        """Release expired cooldowns and claim for due waiters, when their time comes (the
+        times live in the database, so they survive restarts)."""
+        while True:
+            self.wake.clear()
+            try:
+                await recent_pairs.release_expired(self.pool)
+                await self.sweep()
+                waits = [await claim.seconds_to_next_check(self.pool),
+                         await recent_pairs.seconds_to_next_expiry(self.pool)]
+                delay = min([w for w in waits if w is not None], default=TIMER_POLL_SECONDS)
+            except Exception as e:
+                if not is_transient(e):
+                    log.exception("Match timer failed")
+                delay = 1.0
+            delay = min(delay, TIMER_POLL_SECONDS) + 0.02
+            self._timer_runs_at = asyncio.get_running_loop().time() + delay
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass

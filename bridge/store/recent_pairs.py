@@ -1,0 +1,52 @@
+"""recent_pairs: who must not be paired again yet (bridge.matching.rematch_cooldown)."""
+from __future__ import annotations
+
+# The claim's test for "this pair must not meet now"; $1 is the claimant, `other` the
+# candidate's user_id column. (Blocks, when they come, are another NOT EXISTS here.)
+NOT_AVOIDED = """NOT EXISTS (
+    SELECT 1 FROM recent_pairs r
+    WHERE r.user_a = least($1, {other}) AND r.user_b = greatest($1, {other})
+      AND r.until > now())"""
+
+
+async def remember(conn, conversation_id: int, cooldown: float) -> None:
+    """The conversation's two users just talked: keep them apart for `cooldown` seconds
+    (never shortening a longer one already recorded)."""
+    if cooldown <= 0:
+        return
+    await conn.execute(
+        """INSERT INTO recent_pairs (user_a, user_b, until)
+           SELECT min(user_id), max(user_id), now() + make_interval(secs => $2)
+           FROM conversation_sides WHERE conversation_id = $1
+           HAVING count(DISTINCT user_id) = 2
+           ON CONFLICT (user_a, user_b)
+           DO UPDATE SET until = greatest(recent_pairs.until, EXCLUDED.until)""",
+        conversation_id, float(cooldown))
+
+
+async def avoid(db, user_a: str, user_b: str, until: str = "infinity") -> None:
+    """Keep two users apart until `until` (a timestamp; 'infinity': for good)."""
+    a, b = sorted((user_a, user_b))
+    await db.execute(
+        """INSERT INTO recent_pairs (user_a, user_b, until) VALUES ($1, $2, $3::text::timestamptz)
+           ON CONFLICT (user_a, user_b) DO UPDATE SET until = EXCLUDED.until""", a, b, until)
+
+
+async def release_expired(db, limit: int = 1000) -> int:
+    """Forget expired pairs, and make those of them still waiting due for the match timer:
+    they may be each other's partner now. Returns how many pairs were released."""
+    return await db.fetchval(
+        """WITH expired AS (
+               DELETE FROM recent_pairs WHERE (user_a, user_b) IN (
+                   SELECT user_a, user_b FROM recent_pairs WHERE until <= now() LIMIT $1)
+               RETURNING user_a, user_b),
+           due AS (
+               UPDATE waiting SET next_check = now()
+               WHERE user_id IN (SELECT user_a FROM expired UNION SELECT user_b FROM expired))
+           SELECT count(*) FROM expired""", limit)
+
+
+async def seconds_to_next_expiry(db) -> float | None:
+    return await db.fetchval(
+        """SELECT greatest(0, extract(epoch FROM min(until) - now()))::float8
+           FROM recent_pairs WHERE until < 'infinity'""")
