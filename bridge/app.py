@@ -10,9 +10,10 @@ from mautrix.errors import MatrixError
 from bridge.background import Background
 from bridge.commands import Commands
 from bridge.config import Config
-from bridge.crypto import Crypto
+from bridge.crypto import Crypto, crypto_database
 from bridge.database import open_database
 from bridge.dispatcher import Dispatcher
+from bridge.ghost_devices import GhostDevices
 from bridge.handler import Handler
 from bridge.intake import IntakeAppService
 from bridge.pairing import Pairing
@@ -37,6 +38,7 @@ class StrangerBridge:
         self.dispatcher: Dispatcher | None = None
         self._loops: list[asyncio.Task] = []
         self.crypto: Crypto | None = None
+        self.portal: Portal | None = None
         self.dispatching = False
 
     async def start(self) -> None:
@@ -75,8 +77,13 @@ class StrangerBridge:
         await self._prepare_bot()
         if c["bridge.encryption.allow"]:
             # Before any pending event is handled: encrypted ones need it.
-            self.crypto = handler.crypto = Crypto(self.appservice, c, self.state_store, self.pool)
+            self.crypto_db = crypto_database(c)
+            await self.crypto_db.start()
+            self.crypto = Crypto(self.appservice, c, self.state_store, self.pool, self.crypto_db)
             await self.crypto.start()
+            handler.crypto = self.portal.bot_crypto = self.crypto
+            self.portal.ghost_devices = GhostDevices(self.appservice, c, self.state_store,
+                                                     self.pool, self.crypto_db)
         self.dispatching = True
         await self.dispatcher.kick_all_pending()
         await self.pairing.resume()
@@ -139,8 +146,11 @@ class StrangerBridge:
         for loop in self._loops:
             loop.cancel()
         await self.background.wait(timeout=10)
+        if self.portal and self.portal.ghost_devices:
+            await self.portal.ghost_devices.stop()
         if self.crypto:
             await self.crypto.stop()
+            await self.crypto_db.stop()
         if self.appservice:
             await self.appservice.stop()
         if self.pool:

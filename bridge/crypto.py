@@ -86,18 +86,26 @@ class RoomStates(StateStore):
         return list(rooms)
 
 
+def crypto_database(config: Config) -> Database:
+    """One small pool for every device's crypto store, in the bridge's database (see the
+    module docstring); start() runs mautrix's crypto store migrations (crypto_version)."""
+    return Database.create(
+        config["database.uri"], upgrade_table=PgCryptoStore.upgrade_table,
+        db_args={"min_size": 1, "max_size": 4}, log=logging.getLogger("mau.crypto.db"))
+
+
 class Crypto:
+    """One device: the bot's (DMs), or a ghost's (its relay room, for one conversation)."""
+
     def __init__(self, appservice: AppService, config: Config, state_store: TrimmedStateStore,
-                 pool: asyncpg.Pool) -> None:
+                 pool: asyncpg.Pool, db: Database, *, intent: IntentAPI | None = None,
+                 device_name: str = DEVICE_NAME) -> None:
         self.appservice, self.config, self.cache = appservice, config, state_store
-        self.rooms = RoomStates(state_store, appservice.intent, pool)
-        # A small pool of its own, in the bridge's database (see the module docstring).
-        self.db = Database.create(
-            config["database.uri"], upgrade_table=PgCryptoStore.upgrade_table,
-            db_args={"min_size": 1, "max_size": 4}, log=logging.getLogger("mau.crypto.db"))
-        self.store = PgCryptoStore(config.bot_mxid, config["bridge.encryption.pickle_key"],
-                                   self.db)
-        self.client = Client(mxid=config.bot_mxid, base_url=config["homeserver.address"],
+        intent = intent or appservice.intent
+        self.intent, self.device_name = intent, device_name
+        self.rooms = RoomStates(state_store, intent, pool)
+        self.store = PgCryptoStore(intent.mxid, config["bridge.encryption.pickle_key"], db)
+        self.client = Client(mxid=intent.mxid, base_url=config["homeserver.address"],
                              client_session=appservice.http_session, state_store=state_store,
                              log=logging.getLogger("mau.crypto.client"), default_retry_count=4)
         self.machine = OlmMachine(self.client, self.store, self.rooms)
@@ -110,7 +118,6 @@ class Crypto:
         self._cancellable = self._stopping = self._relogin = False
 
     async def start(self) -> None:
-        await self.db.start()  # runs mautrix's crypto store migrations (crypto_version)
         await self.store.open()
         known_device = await self.store.get_device_id()
         await self._login(known_device)
@@ -144,11 +151,13 @@ class Crypto:
     async def _login(self, device_id: str | None) -> None:
         # The AS token authenticates the appservice login; the device's own token replaces it.
         self.client.api.token = self.appservice.as_token
-        await self.client.login(login_type=LoginType.APPSERVICE, device_name=DEVICE_NAME,
+        await self.client.login(login_type=LoginType.APPSERVICE, device_name=self.device_name,
                                 device_id=device_id or None, store_access_token=True)
 
-    async def stop(self) -> None:
-        """Finish handling the current sync (so no room key is lost), then stop."""
+    async def stop(self, *, forget: bool = False) -> None:
+        """Finish handling the current sync (so no room key is lost), then stop. `forget`:
+        the device is done for good (a ghost whose conversation ended): log it out, which
+        deletes it and its keys on the homeserver, and delete its keys here."""
         self._stopping = True
         task, self._sync_task = self._sync_task, None
         if task is not None:
@@ -156,8 +165,13 @@ class Crypto:
                 task.cancel()
             if not (await asyncio.wait([task], timeout=15))[0]:
                 task.cancel()
+        if forget:
+            try:
+                await self.client.logout()
+            except Exception as e:
+                log.warning("Could not log out %s's device: %s", self.client.mxid, e)
+            await self.store.delete()
         await self.store.close()
-        await self.db.stop()
 
     async def _sync_loop(self, filter_id: str) -> None:
         delay = 1.0
@@ -267,7 +281,7 @@ class Crypto:
         try:
             encrypted = await self.machine.encrypt_megolm_event(room_id, etype, content)
         except EncryptionError:  # no session yet, or it expired, or membership changed
-            members = await self._members(room_id, intent or self.appservice.intent)
+            members = await self._members(room_id, intent or self.intent)
             # No await between the check and the call: only one share per room at a time.
             if self.machine.is_sharing_group_session(room_id):
                 await self.machine.wait_group_session_share(room_id)
@@ -289,7 +303,7 @@ class Crypto:
         if await self.machine.resolve_trust(device) < self.machine.share_keys_min_trust:
             raise RejectKeyShare(f"untrusted device {device.device_id}",
                                  RoomKeyWithheldCode.UNVERIFIED, "Your device is not trusted")
-        await self._members(request.room_id, self.appservice.intent)  # fills the cache
+        await self._members(request.room_id, self.intent)  # fills the cache
         member = await self.cache.get_member(request.room_id, device.user_id)
         if member is None or member.membership != Membership.JOIN:
             raise RejectKeyShare(f"{device.user_id} is not in {request.room_id}",

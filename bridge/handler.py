@@ -166,6 +166,10 @@ class Handler:
         conv = await conversations.get(self.pool, side.conversation_id)
         if not side.live or conv.state == "ended":
             return Outcome.DONE
+        if event["type"] == "m.room.encrypted":
+            event = await self.decrypt_chat_event(side, event)
+            if event is None:
+                return Outcome.DONE
         body = event["content"].get("body") if event["type"] == "m.room.message" else None
         command = parse(body, self.prefix) if isinstance(body, str) else None
         if command is not None and command.name in Commands.IN_CHAT_ROOM:
@@ -179,9 +183,24 @@ class Handler:
         if conv.state == "opening":
             # Held until the partner joins, then relayed in order.
             return Outcome.WAIT
-        if event["type"] == "m.room.encrypted":
-            await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id,
-                                     "refused_encrypted", cause=event["event_id"])
-            return Outcome.DONE
         await self.relayer.relay(conv, side, event)
         return Outcome.DONE
+
+    async def decrypt_chat_event(self, side: Side, event: dict) -> dict | None:
+        """What the user wrote in their encrypted chat room, read by the ghost's own device;
+        None (after telling them) when it cannot be read: never relayed as garbage."""
+        devices = self.portal.ghost_devices
+        if devices is None:
+            key = "refused_encrypted"
+        else:
+            try:
+                decrypted = await (await devices.get(side.ghost_id)).decrypt(event)
+            except Undecryptable as e:
+                log.warning("Cannot decrypt %s in %s: %s", event["event_id"], side.room_id, e)
+                decrypted = None
+            if decrypted is not None:
+                return decrypted
+            key = "refused_undecryptable"
+        await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id, key,
+                                 cause=event["event_id"])
+        return None

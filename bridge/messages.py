@@ -142,6 +142,11 @@ ENGLISH: dict[str, str] = {
         "I couldn't decrypt your last message (its keys never reached me), so I didn't act on "
         "it. Please send it again."
     ),
+    "refused_undecryptable": (
+        "Your last message could not be delivered: it arrived encrypted and the key to read it "
+        "never reached the bridge. Your client may not trust this chat's device yet; please "
+        "send it again."
+    ),
     "refused_encrypted": (
         "Encrypted messages can't be relayed yet, so this one was not delivered. "
         "Please use a room without encryption."

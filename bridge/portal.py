@@ -16,7 +16,9 @@ from mautrix.types import EventType, MessageType, RoomCreatePreset, TextMessageE
 
 from bridge import messages
 from bridge.config import Config
-from bridge.store import conversations
+from bridge.crypto import Crypto
+from bridge.ghost_devices import GhostDevices
+from bridge.store import conversations, users
 from bridge.store.conversations import Conversation, Side
 
 log = logging.getLogger("bridge.portal")
@@ -24,6 +26,15 @@ log = logging.getLogger("bridge.portal")
 # Reasons a conversation ends, as stored in conversations.end_reason.
 LEFT, NEXT, STOP, INVITE_TIMEOUT, INVITE_FAILED = (
     "left", "next", "stop", "invite_timeout", "invite_failed")
+
+
+# Synapse's default power needed per state event (createRoom's override replaces the whole
+# "events" map, so it is spelled out).
+DEFAULT_EVENT_POWER = {
+    "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+    "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+    "m.room.server_acl": 100, "m.room.encryption": 100,
+}
 
 
 def txn_id(kind: str, *parts: object) -> str:
@@ -40,6 +51,10 @@ class Portal:
         self.config = config
         # Told (room IDs, ghost IDs) once a conversation is fully closed, to drop caches.
         self.on_closed: Callable[[list[str], list[str]], None] | None = None
+        # Set when bridge.encryption.allow: the bot's device (to see whether a user's DM is
+        # encrypted) and the ghosts' own devices (for encrypted chat rooms).
+        self.bot_crypto: Crypto | None = None
+        self.ghost_devices: GhostDevices | None = None
 
     def ghost(self, ghost_id: str) -> IntentAPI:
         return self.appservice.intent.user(ghost_id)
@@ -49,8 +64,30 @@ class Portal:
         content = TextMessageEventContent(
             msgtype=MessageType.NOTICE,
             body=messages.text(key, prefix=self.config["bridge.command_prefix"], **values))
-        return await intent.send_message_event(room_id, EventType.ROOM_MESSAGE, content,
-                                               txn_id=txn_id(key, room_id, cause))
+        return await self.send(intent.mxid, room_id, "m.room.message", content.serialize(),
+                               txn_id(key, room_id, cause))
+
+    async def send(self, ghost_id: str, room_id: str, event_type: str, content: dict,
+                   txn: str) -> str:
+        """Send as the ghost, encrypted with the ghost's own device when the room is."""
+        etype = EventType.find(event_type, EventType.Class.MESSAGE)
+        if self.ghost_devices and await self.ghost_devices.is_encrypted(ghost_id, room_id):
+            device = await self.ghost_devices.get(ghost_id)
+            _, content = await device.encrypt(room_id, event_type, content)
+            etype = EventType.ROOM_ENCRYPTED
+        return await self.ghost(ghost_id).send_message_event(room_id, etype, content, txn_id=txn)
+
+    async def should_encrypt(self, user_id: str) -> bool:
+        """bridge.encryption.default: true/false, or auto: like the user's own DM with the bot
+        (encrypted there means their client does E2EE; plain may mean it cannot)."""
+        if self.ghost_devices is None:
+            return False
+        default = self.config["bridge.encryption.default"]
+        if isinstance(default, bool):
+            return default
+        user = await users.get(self.pool, user_id)
+        return bool(user and user.dm_room_id and self.bot_crypto
+                    and await self.bot_crypto.is_encrypted(user.dm_room_id))
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -84,14 +121,22 @@ class Portal:
             log.info("Conversation %d: side %d room %s (recovered)", conv.id, side.side, joined[0])
             return joined[0]
         await ghost.set_displayname(self.config["bridge.ghost_displayname"], check_current=False)
+        initial_state = [{"type": "m.room.history_visibility", "state_key": "",
+                          "content": {"history_visibility": "invited"}},
+                         {"type": "m.room.guest_access", "state_key": "",
+                          "content": {"guest_access": "forbidden"}}]
+        if await self.should_encrypt(side.user_id):
+            # The ghost's device (and its keys) must exist before the user can encrypt to it.
+            await self.ghost_devices.get(side.ghost_id)
+            initial_state.append({"type": "m.room.encryption", "state_key": "",
+                                  "content": {"algorithm": "m.megolm.v1.aes-sha2"}})
         # No invitees here: createRoom fails whole when the invitee's server is unreachable.
         room_id = await ghost.create_room(
             preset=RoomCreatePreset.PRIVATE,
             is_direct=True,
-            initial_state=[{"type": "m.room.history_visibility", "state_key": "",
-                            "content": {"history_visibility": "invited"}},
-                           {"type": "m.room.guest_access", "state_key": "",
-                            "content": {"guest_access": "forbidden"}}],
+            initial_state=initial_state,
+            # The user may turn encryption on later (their client offers it in a DM).
+            power_level_override={"events": {**DEFAULT_EVENT_POWER, "m.room.encryption": 0}},
         )
         await conversations.set_room(self.pool, conv.id, side.side, room_id)
         log.info("Conversation %d: side %d room %s", conv.id, side.side, room_id)
@@ -115,6 +160,8 @@ class Portal:
         for side in conv.sides:
             if side.closed_at is None:
                 await self._close_side(conv, side)
+                if self.ghost_devices:
+                    await self.ghost_devices.forget(side.ghost_id)
                 await conversations.mark_closed(self.pool, conv.id, side.side)
         if self.on_closed:
             self.on_closed([s.room_id for s in conv.sides if s.room_id],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 import asyncpg
-from mautrix.types import EventType
 
 from bridge.config import Config
 from bridge.portal import Portal, txn_id
@@ -58,9 +57,8 @@ class Relayer:
                                      f"refused_{result.reason}", cause=event["event_id"])
             return
         # The ghost in the PARTNER's room stands for this user.
-        ghost = self.portal.ghost(partner.ghost_id)
-        target_event_id = await ghost.send_message_event(
-            partner.room_id, EventType.find(event["type"], EventType.Class.MESSAGE), result,
-            txn_id=txn_id("relay", event["event_id"]))
+        target_event_id = await self.portal.send(
+            partner.ghost_id, partner.room_id, event["type"], result,
+            txn_id("relay", event["event_id"]))
         await relayed.record(self.pool, event["event_id"], conv.id, partner.room_id,
                              target_event_id)
