@@ -6,7 +6,7 @@ import logging
 
 import asyncpg
 from mautrix.appservice import AppService
-from mautrix.errors import MatrixRequestError
+from mautrix.errors import MatrixRequestError, MNotFound
 from mautrix.types import EventType, MessageType, TextMessageEventContent
 
 from bridge import messages
@@ -66,6 +66,8 @@ class Handler:
     async def handle(self, event: dict) -> Outcome:
         if self.crypto and "state_key" in event:
             await self.crypto.handle_state(event)
+            if event["type"] == "m.room.encryption":
+                await self.on_encryption_enabled(event["room_id"])
         if event["type"] == "m.room.member" and isinstance(event.get("state_key"), str):
             return await self.on_member(event)
         if self.is_ours(event["sender"]) or "state_key" in event:
@@ -109,11 +111,41 @@ class Handler:
             await self.pairing.leave(side.conversation_id, target)
         return Outcome.DONE
 
+    async def on_encryption_enabled(self, room_id: str) -> None:
+        """A user turned encryption on in their (plain) chat room: the ghost needs a device
+        now, so their client has someone to encrypt for."""
+        side = await conversations.side_by_room(self.pool, room_id)
+        if side is not None and side.live and self.portal.ghost_devices is not None:
+            await self.portal.ghost_devices.get(side.ghost_id)
+
     async def on_bot_invited(self, room_id: str, inviter: str, event_id: str) -> None:
         if not await self.join_invited(self.bot, room_id):
             return
+        encrypted = await self.dm_is_encrypted(room_id)
+        if encrypted and self.crypto is None:
+            # bridge.encryption.allow is false: say so (in clear text, the only way we can)
+            # rather than sit silent in a room we cannot read.
+            await self.refuse_dm(room_id, "encryption_disabled", event_id)
+            return
+        if not encrypted and self.config["bridge.encryption.require"]:
+            await self.refuse_dm(room_id, "encryption_required", event_id)
+            return
         await users.set_dm_room(self.pool, inviter, room_id)
         await self.reply(room_id, "greeting", event_id)
+
+    async def dm_is_encrypted(self, room_id: str) -> bool:
+        if self.crypto is not None:
+            return await self.crypto.is_encrypted(room_id)
+        try:
+            await self.bot.get_state_event(room_id, EventType.ROOM_ENCRYPTION, ensure_joined=False)
+            return True
+        except MNotFound:
+            return False
+
+    async def refuse_dm(self, room_id: str, key: str, cause: str) -> None:
+        await self.reply(room_id, key, cause)
+        await users.clear_dm_room(self.pool, room_id)
+        await self.bot.leave_room(room_id)
 
     @staticmethod
     async def join_invited(intent, room_id: str, attempts: int = 6) -> bool:
@@ -148,8 +180,8 @@ class Handler:
                 await self.reply(room_id, "dm_undecryptable", event["event_id"])
                 return
             event = decrypted
-        if event["type"] == "m.room.encrypted":
-            await self.reply(room_id, "dm_encrypted", event["event_id"])
+        if event["type"] == "m.room.encrypted":  # and encryption is not allowed here
+            await self.refuse_dm(room_id, "encryption_disabled", event["event_id"])
             return
         if event["type"] != "m.room.message":
             return

@@ -134,9 +134,13 @@ ENGLISH: dict[str, str] = {
     "refused_too_long": "That message is too long to deliver. Please split it up.",
     "refused_malformed": "That message could not be read, so it was not delivered.",
     "refused_unknown_target": "That edit refers to a message the stranger never got; it was not delivered.",
-    "dm_encrypted": (
-        "I can't read encrypted messages yet. Please message me from a room without "
-        "encryption."
+    "encryption_disabled": (
+        "This bridge's operator has turned encryption off, so I can't read this encrypted "
+        "chat. Please open a new DM with me with encryption turned off. I'm leaving this room."
+    ),
+    "encryption_required": (
+        "This bridge only talks in encrypted rooms. Please open a new DM with me with "
+        "encryption turned on. I'm leaving this room."
     ),
     "dm_undecryptable": (
         "I couldn't decrypt your last message (its keys never reached me), so I didn't act on "

@@ -3,12 +3,14 @@ steps a user takes with it (DM the bot, agree, start, accept the chat). Used by 
 end-to-end tests and the benchmarks."""
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+from ruamel.yaml import YAML
 
 from bridge.lab.bridge_process import BridgeProcess, generate_registration, write_config
 from bridge.lab.client import LabClient, Seen
@@ -96,6 +98,27 @@ class BridgedLab:
                 lambda s: s.room_id == room and "now chatting" in (s.body or ""), since=mark,
                 description="chat opened notice")
         return a_room, b_room
+
+    @contextlib.asynccontextmanager
+    async def reconfigured(self, **overrides):
+        """Run the bridge with some config keys changed (dotted keys), then as before."""
+        original = self.bridge.config.read_text()
+        yaml = YAML()
+        data = yaml.load(original)
+        for dotted, value in overrides.items():
+            *parents, leaf = dotted.split(".")
+            node = data
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        with self.bridge.config.open("w") as f:
+            yaml.dump(data, f)
+        try:
+            await self.bridge.restart()
+            yield
+        finally:
+            self.bridge.config.write_text(original)
+            await self.bridge.restart()
 
     async def close_clients(self) -> None:
         for client in self.clients:

@@ -218,6 +218,9 @@ class LabClient:
         add(None, "to_device", (body.get("to_device") or {}).get("events"))
         add(None, "presence", (body.get("presence") or {}).get("events"))
         add(None, "account_data", (body.get("account_data") or {}).get("events"))
+        if changed := (body.get("device_lists") or {}).get("changed"):
+            # Whose devices changed: lets a test wait for someone's new device to be known.
+            add(None, "device_lists", [{"type": "device_lists", "changed": changed}])
         if not new:
             return
         async with self._cond:
