@@ -5,7 +5,10 @@ Starts two federating Synapses on loopback with the real bridge on the first, pa
 from the send call until bob's sync delivers it). The direct DM between the same two
 users on the same homeservers is the baseline.
 
-    python bench/relay.py [-n 200] [--json FILE]
+    python bench/relay.py [-n 200] [--encrypted] [--json FILE]
+
+--encrypted: both users have E2EE clients and encrypted DMs with the bot, so both chat
+rooms are encrypted (each ghost with its own device), and the direct DM is encrypted too.
 
 Needs PostgreSQL (STRANGER_TEST_PG, default postgresql://postgres@127.0.0.1:5432/postgres).
 """
@@ -54,18 +57,25 @@ async def measure(sender: LabClient, sender_room: str, receiver: LabClient,
     return samples
 
 
-async def main(count: int, json_path: str | None) -> dict:
+async def ready(lab, hs: int, name: str, encrypted: bool):
+    client = await lab.client(hs, name, encrypted=encrypted)
+    dm = await lab.open_dm(client, encrypted=encrypted)
+    await lab.command(client, dm, "!agree", "Thanks")
+    return client, dm
+
+
+async def main(count: int, json_path: str | None, encrypted: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as root:
         db = f"stranger_bench_{uuid.uuid4().hex[:8]}"
         lab = await start_bridged_lab(Path(root), ADMIN_DSN, db,
                                       **{"logging.level": "WARNING"})
         try:
-            alice, alice_dm = await lab.ready_user(0, "Alice")
-            bob, bob_dm = await lab.ready_user(1, "Bob")
+            alice, alice_dm = await ready(lab, 0, "Alice", encrypted)
+            bob, bob_dm = await ready(lab, 1, "Bob", encrypted)
             alice_room, bob_room = await lab.pair(alice, alice_dm, bob, bob_dm)
             bridge = await measure(alice, alice_room, bob, bob_room, count, "bridge")
 
-            direct_room = await alice.create_dm(bob.user_id)
+            direct_room = await alice.create_dm(bob.user_id, encrypted=encrypted)
             await bob.wait_for_invite(lambda s: s.room_id == direct_room)
             await bob.join(direct_room)
             await alice.wait_for_event(lambda s: s.room_id == direct_room and
@@ -78,7 +88,7 @@ async def main(count: int, json_path: str | None) -> dict:
             admin = await asyncpg.connect(ADMIN_DSN)
             await admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
             await admin.close()
-    result = {"bridge": summary(bridge), "direct": summary(direct)}
+    result = {"encrypted": encrypted, "bridge": summary(bridge), "direct": summary(direct)}
     result["ratio_median"] = round(result["bridge"]["median_ms"] / result["direct"]["median_ms"], 2)
     print(f"{'path':<8} {'n':>5} {'median ms':>10} {'p95 ms':>8}")
     for path in ("bridge", "direct"):
@@ -94,6 +104,8 @@ async def main(count: int, json_path: str | None) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--messages", type=int, default=200)
+    parser.add_argument("--encrypted", action="store_true",
+                        help="encrypted clients, DMs and chat rooms")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
-    asyncio.run(main(args.messages, args.json))
+    asyncio.run(main(args.messages, args.json, args.encrypted))
