@@ -91,7 +91,7 @@ def crypto_database(config: Config) -> Database:
     module docstring); start() runs mautrix's crypto store migrations (crypto_version)."""
     return Database.create(
         config["database.uri"], upgrade_table=PgCryptoStore.upgrade_table,
-        db_args={"min_size": 1, "max_size": 4}, log=logging.getLogger("mau.crypto.db"))
+        db_args={"min_size": 1, "max_size": 8}, log=logging.getLogger("mau.crypto.db"))
 
 
 class Crypto:
