@@ -1,21 +1,22 @@
 """Matching throughput and claim latency on real PostgreSQL, with 1 and 2 bridge processes.
 
 For each queue size it builds a fresh database (alembic schema), fills the queue with that
-many waiters, then runs real OS processes that each play arriving users: a newcomer joins
-the queue (bridge.store.queue.enqueue) and claims a partner (bridge.matchmaker, the code
-the bridge runs). Whenever a claim takes a waiter out, another user joins without claiming,
-so the queue keeps its size. Preferences are drawn like real ones: 0-5 interest tags each
-from 200, Zipf-distributed (a few popular, a long tail), and a language for most users from
-a handful of common ones. Half the prefilled waiters are still inside their preference
-window; newcomers always are (fallback_after = 10 s).
+many waiters, then runs real OS processes that each play arriving users with the code the
+bridge runs (bridge.matchmaker.Matchmaker.arrive: pair at once with a waiting partner, or
+join the queue and claim). Whenever a match takes a waiter out, another user joins without
+claiming, so the queue keeps its size. Preferences are drawn like real ones: 0-5 interest
+tags each from 200, Zipf-distributed (a few popular, a long tail), and a language for most
+users from a handful of common ones. Half the prefilled waiters are still inside their
+preference window; newcomers always are (fallback_after = 10 s).
 
     python bench/matching.py [--sizes 1000,10000,100000] [--processes 1,2]
                              [--seconds 5] [--concurrency 4] [--json FILE]
 
 matches_per_s counts conversations created per second over the run; claim_p50_ms and
-claim_p95_ms time Matchmaker.claim (look up, lock, create the conversation, commit),
-whether it found a partner or not. Needs PostgreSQL (STRANGER_TEST_PG, default
-postgresql://postgres@127.0.0.1:5432/postgres); creates and drops its own database.
+claim_p95_ms time each newcomer's arrive (look up, lock, create the conversation, commit;
+or queue and claim), whether it found a partner or not. Needs PostgreSQL
+(STRANGER_TEST_PG, default postgresql://postgres@127.0.0.1:5432/postgres); creates and drops
+its own database.
 """
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ TAG_WEIGHTS = [1 / (rank + 1) for rank in range(len(TAGS))]  # Zipf, s = 1
 LANGS = ["en", "es", "fr", "de", "pt", "ru", None]
 LANG_WEIGHTS = [35, 12, 8, 7, 6, 5, 27]
 FALLBACK_AFTER = 10.0
-# Users made per process and run, to play newcomers and refills (more than any run uses).
-USERS_PER_PROCESS = 40_000
+# Users made per process and second of a run, to play newcomers and refills: more than
+# this machine's bridge could match (a run stops early should they run out).
+USERS_PER_PROCESS_SECOND = 4000
 
 
 def preferences(rnd: random.Random) -> tuple[list[str], str | None]:
@@ -63,7 +65,7 @@ async def add_users(conn, prefix: str, count: int, rnd: random.Random) -> None:
     await conn.copy_records_to_table("users", records=rows, columns=["user_id", "tags", "lang"])
 
 
-async def prefill(uri: str, size: int, processes: int, seed: int) -> None:
+async def prefill(uri: str, size: int, processes: int, players: int, seed: int) -> None:
     rnd = random.Random(seed)
     conn = await asyncpg.connect(uri)
     try:
@@ -84,8 +86,8 @@ async def prefill(uri: str, size: int, processes: int, seed: int) -> None:
                SELECT w.user_id, t.tag, coalesce(w.lang, ''), w.seq, w.flexible FROM waiting w,
                unnest(CASE WHEN cardinality(w.tags) = 0 THEN ARRAY[''] ELSE w.tags END) t(tag)""")
         for p in range(processes):
-            await add_users(conn, f"n{p}_", USERS_PER_PROCESS, rnd)
-            await add_users(conn, f"f{p}_", USERS_PER_PROCESS, rnd)
+            await add_users(conn, f"n{p}_", players, rnd)
+            await add_users(conn, f"f{p}_", players, rnd)
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
@@ -105,74 +107,103 @@ def bench_config(uri: str):
     return config
 
 
-async def play(uri: str, index: int, concurrency: int, seconds: float, start_at: float) -> dict:
+async def play(uri: str, index: int, concurrency: int, seconds: float, start_at: float,
+               players: int) -> dict:
     from bridge.matchmaker import Matchmaker
     from bridge.store import queue
 
     async def matched(conversation_id: int) -> None:
-        pass
+        nonlocal matches
+        matches += 1  # (the bridge would open the rooms now)
 
     pool = await asyncpg.create_pool(uri, min_size=concurrency, max_size=concurrency)
     matchmaker = Matchmaker(pool, bench_config(uri), matched)
-    newcomers = iter(range(USERS_PER_PROCESS))
-    refills = iter(range(USERS_PER_PROCESS))
+    newcomers = iter(range(players))
+    refills = iter(range(players))
     claims_ms: list[float] = []
-    matches = 0
+    matches = refilled = 0
     await asyncio.sleep(max(0.0, start_at - time.time()))
     stop_at = time.perf_counter() + seconds
 
     async def worker() -> None:
-        nonlocal matches
-        while time.perf_counter() < stop_at:
-            user_id = f"@n{index}_{next(newcomers)}:bench"
-            await queue.enqueue(pool, user_id, FALLBACK_AFTER)
+        nonlocal refilled
+        for number in newcomers:
+            if time.perf_counter() >= stop_at:
+                break
+            user_id = f"@n{index}_{number}:bench"
             began = time.perf_counter()
-            conversation_id = await matchmaker.claim(user_id)
+            await matchmaker.arrive(user_id, FALLBACK_AFTER)
             claims_ms.append((time.perf_counter() - began) * 1000)
-            if conversation_id is not None:
-                matches += 1
-                # The partner left the queue: someone else arrives, keeping its size.
+            while refilled < matches:
+                # A waiter left the queue with a newcomer: someone else joins, keeping its size.
+                refilled += 1
                 await queue.enqueue(pool, f"@f{index}_{next(refills)}:bench", FALLBACK_AFTER)
 
-    began = time.perf_counter()
+    began, cpu_before = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_before
     await pool.close()
-    return {"matches": matches, "claims_ms": claims_ms, "elapsed": elapsed}
+    return {"matches": matches, "claims_ms": claims_ms, "elapsed": elapsed, "cpu": cpu}
 
 
 def process_main(uri: str, index: int, concurrency: int, seconds: float, start_at: float,
-                 results) -> None:
-    results.put(asyncio.run(play(uri, index, concurrency, seconds, start_at)))
+                 players: int, results) -> None:
+    results.put(asyncio.run(play(uri, index, concurrency, seconds, start_at, players)))
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time used so far by every PostgreSQL process on this machine (when the server is
+    local and /proc readable; 0 otherwise)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            if not fields[0].endswith("(postgres"):
+                continue
+            # Own time, and (for the postmaster) that of its exited backends.
+            utime, stime, cutime, cstime = fields[1].split()[11:15]
+            total += (int(utime) + int(stime) + int(cutime) + int(cstime)) / os.sysconf(
+                "SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def percentile(ordered: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def run(uri: str, size: int, processes: int, concurrency: int, seconds: float) -> dict:
+def run(uri: str, size: int, processes: int, concurrency: int, seconds: float,
+        players: int) -> dict:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     start_at = time.time() + 3.0  # every process imports and connects before the start
     procs = [ctx.Process(target=process_main,
-                         args=(uri, i, concurrency, seconds, start_at, results))
+                         args=(uri, i, concurrency, seconds, start_at, players, results))
              for i in range(processes)]
     for p in procs:
         p.start()
+    time.sleep(max(0.0, start_at - time.time()))
+    pg_before = postgres_cpu_seconds()
     outcomes = [results.get(timeout=seconds + 120) for _ in procs]
+    pg_cpu = postgres_cpu_seconds() - pg_before
     for p in procs:
         p.join()
     claims = sorted(ms for o in outcomes for ms in o["claims_ms"])
     elapsed = max(o["elapsed"] for o in outcomes)
+    matches = max(1, sum(o["matches"] for o in outcomes))
     return {"waiting": size, "processes": processes,
-            "matches_per_s": round(sum(o["matches"] for o in outcomes) / elapsed, 1),
+            "matches_per_s": round(matches / elapsed, 1),
             "claim_p50_ms": round(percentile(claims, 0.5), 2),
             "claim_p95_ms": round(percentile(claims, 0.95), 2),
-            "claims": len(claims)}
+            "claims": len(claims),
+            # CPU spent per match: where the time goes on a machine with few cores.
+            "bridge_cpu_ms": round(sum(o["cpu"] for o in outcomes) / matches * 1000, 2),
+            "postgres_cpu_ms": round(pg_cpu / matches * 1000, 2)}
 
 
 async def create_database() -> str:
-    name = f"stranger_bench_{uuid.uuid4().hex[:8]}"
+    name = f"stranger_matchbench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(ADMIN_DSN)
     try:
         await admin.execute(f"CREATE DATABASE {name}")
@@ -206,15 +237,17 @@ def main() -> None:
     rows = []
     try:
         print(f"{'waiting':>8} {'processes':>9} {'matches/s':>10} {'claim p50 ms':>13} "
-              f"{'claim p95 ms':>13} {'claims':>7}", flush=True)
+              f"{'claim p95 ms':>13} {'claims':>7} {'CPU ms/match: bridge':>21} "
+              f"{'postgres':>9}", flush=True)
         for size in (int(s) for s in args.sizes.split(",")):
             for processes in (int(p) for p in args.processes.split(",")):
-                asyncio.run(prefill(uri, size, processes, args.seed))
-                row = run(uri, size, processes, args.concurrency, args.seconds)
+                players = int(args.seconds * USERS_PER_PROCESS_SECOND)
+                asyncio.run(prefill(uri, size, processes, players, args.seed))
+                row = run(uri, size, processes, args.concurrency, args.seconds, players)
                 rows.append(row)
                 print(f"{row['waiting']:>8} {row['processes']:>9} {row['matches_per_s']:>10} "
-                      f"{row['claim_p50_ms']:>13} {row['claim_p95_ms']:>13} {row['claims']:>7}",
-                      flush=True)
+                      f"{row['claim_p50_ms']:>13} {row['claim_p95_ms']:>13} {row['claims']:>7} "
+                      f"{row['bridge_cpu_ms']:>21} {row['postgres_cpu_ms']:>9}", flush=True)
     finally:
         asyncio.run(drop_database(uri))
     if args.json:

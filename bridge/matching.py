@@ -205,7 +205,7 @@ def parse_tags(text: str, max_count: int, max_length: int) -> tuple[str, ...]:
         if tag and tag not in tags:
             tags.append(tag)
             if len(tags) > max_count:
-                raise PreferenceError("tags_too_many", max_count=str(max_count))
+                raise PreferenceError("tags_too_many", max_tags=str(max_count))
     for tag in tags:
         if len(tag) > max_length:
             raise PreferenceError("tag_too_long", max_length=str(max_length),

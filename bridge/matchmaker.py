@@ -1,9 +1,11 @@
 """Claiming partners: one short transaction per claim, safe with several bridge processes.
 
-A claim is made for one waiter: when they join the queue, and again by the match timer when
-something changes for them by itself (their preference window closes, a cooldown with
-someone waiting expires). Because every newcomer looks for their partner, a queue left by
-claims holds nobody who could be paired; the policy (bridge.matching) gives the partner.
+A newcomer is first offered the longest-waiting partner who will have them, in one
+transaction (the usual case under load: no queueing at all). Otherwise they join the queue
+and a claim is made for them; the match timer claims again when something changes for a
+waiter by itself (their preference window closes, a cooldown with someone waiting expires).
+Because every newcomer looks for their partner, a queue left by claims holds nobody who
+could be paired; the policy (bridge.matching) gives the partner.
 
 Why no match is ever missed: a claim that finds nobody but skipped a locked candidate tries
 again shortly; one that finds nobody and skipped nothing proves that every compatible
@@ -38,6 +40,10 @@ class _Retry(Exception):
     """This attempt saw a state other claims are changing; roll back and try again."""
 
 
+class _NobodyFree(Exception):
+    """The newcomer's short cut found no partner free now: roll back, queue and claim."""
+
+
 class Matchmaker:
     def __init__(self, pool: asyncpg.Pool, config: Config,
                  on_matched: Callable[[int], Awaitable[None]]) -> None:
@@ -46,6 +52,38 @@ class Matchmaker:
         self.on_matched = on_matched
         self.wake = asyncio.Event()  # an earlier check time was set: the timer recomputes
         self._timer_runs_at = 0.0  # loop time of the timer's next run (0: not running)
+
+    async def arrive(self, user_id: str, fallback_after: float) -> bool:
+        """A user starts looking: pair them at once with the longest-waiting partner who
+        will have them, or queue them and claim. False when they were already waiting or
+        chatting. (The first try is only a short cut, one transaction for the usual match;
+        when it finds nobody free, queueing and claiming decide, with their guarantees.)"""
+        async with self.pool.acquire() as conn:
+            try:
+                async with claim.transaction(conn):
+                    me = await claim.lock_newcomer(conn, user_id)
+                    if me is None:
+                        return False
+                    if not me.has_preferences or fallback_after <= 0:
+                        me = matching.Waiter(me.user_id, me.seq, me.tags, me.lang, True)
+                    # (None too when they are waiting or chatting already: queueing says so.)
+                    partner = await claim.lock_partner(conn, me, matching.probes(me),
+                                                       newcomer=True)
+                    if partner is None or not matching.compatible(me, partner):
+                        raise _NobodyFree
+                    conversation_id = await self._create(conn, me, partner)
+            except (_NobodyFree, asyncpg.UniqueViolationError):
+                # (A unique violation: this user was just paired by another process, or the
+                # partner's row was stale; queueing sorts out which.)
+                conversation_id = None
+        if conversation_id is not None:
+            log.info("Matched conversation %d", conversation_id)
+            await self.on_matched(conversation_id)
+            return True
+        if not await queue.enqueue(self.pool, user_id, fallback_after):
+            return False
+        await self.claim(user_id)
+        return True
 
     async def claim(self, user_id: str) -> int | None:
         """Pair the waiter with their partner now; the new conversation's ID, or None when
@@ -74,7 +112,7 @@ class Matchmaker:
         partner = None
         async with self.pool.acquire() as conn:
             try:
-                async with conn.transaction():
+                async with claim.transaction(conn):
                     locked = await claim.lock_self(conn, user_id)
                     if locked is None:
                         return None
@@ -108,12 +146,12 @@ class Matchmaker:
     async def _create(self, conn, me: matching.Waiter, partner: matching.Waiter) -> int:
         # Side 0 is whoever has waited longer.
         first, second = sorted((me, partner), key=lambda w: w.seq)
-        await queue.remove_many(conn, [first.user_id, second.user_id])
         return await conversations.create(
             conn, first.user_id, second.user_id, self.config.ghost_mxid(),
             self.config.ghost_mxid(), self.config["bridge.invite_timeout"],
             shared_tags=matching.shared_tags(first, second),
-            unmet=(matching.unmet(first, second), matching.unmet(second, first)))
+            unmet=(matching.unmet(first, second), matching.unmet(second, first)),
+            from_queue=True)
 
     async def sweep(self) -> list[int]:
         """Claim for every waiter due a look, longest-waiting first."""

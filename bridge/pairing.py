@@ -41,10 +41,7 @@ class Pairing:
     async def enqueue(self, user_id: str) -> bool:
         """Queue the user (with their stored preferences) and look for their partner; False
         when they were already waiting or chatting."""
-        added = await queue.enqueue(self.pool, user_id, self.fallback_after)
-        if added:
-            await self.matchmaker.claim(user_id)
-        return added
+        return await self.matchmaker.arrive(user_id, self.fallback_after)
 
     async def preferences_changed(self, user_id: str) -> bool:
         """The user changed their interests or language: if waiting, match on the new ones

@@ -12,7 +12,9 @@ from bridge.database import migrate
 
 # The server tests use; CI and the README's test command make sure it is running.
 ADMIN_DSN = os.environ.get("STRANGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-TEMPLATE = "stranger_test_template"
+# One per test session: sessions running at once (several engineers, CI shards) must not
+# drop each other's template mid-run.
+TEMPLATE = f"stranger_test_template_{uuid.uuid4().hex[:8]}"
 
 
 def dsn_for(database: str) -> str:
@@ -30,7 +32,7 @@ async def _admin() -> asyncpg.Connection:
 
 
 @pytest.fixture(scope="session")
-async def pg_template() -> str:
+async def pg_template():
     """A database migrated once per session; each test gets a copy of it."""
     admin = await _admin()
     try:
@@ -39,7 +41,12 @@ async def pg_template() -> str:
     finally:
         await admin.close()
     await migrate(dsn_for(TEMPLATE))
-    return TEMPLATE
+    yield TEMPLATE
+    admin = await _admin()
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+    finally:
+        await admin.close()
 
 
 @pytest.fixture

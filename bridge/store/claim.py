@@ -8,13 +8,16 @@ and the caller tries again (bridge.matchmaker).
 """
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 from bridge.matching import Probes, Waiter
 from bridge.store import queue
 from bridge.store.recent_pairs import NOT_AVOIDED
 
-# Candidates fetched per look-up before locking: enough that a few concurrent claims
-# holding the front rows do not hide the next ones.
-CANDIDATES_PER_PROBE = 8
+# Candidates fetched per look-up, and in all, before locking: enough that a few concurrent
+# claims holding the front rows do not hide the next ones.
+CANDIDATES_PER_PROBE = 4
+CANDIDATES = 8
 
 _W = "user_id, seq, tags, lang, flexible"
 
@@ -23,41 +26,78 @@ _W = "user_id, seq, tags, lang, flexible"
 # by seq alone could tempt it to walk the queue in arrival order, filtering: a full scan when
 # the key is rare).
 _CANDIDATES = f"""
-    SELECT c.user_id FROM unnest($2::text[], $3::text[]) AS p(lang, tag)
+    SELECT c.user_id, c.seq FROM unnest($2::text[], $3::text[]) AS p(lang, tag)
     CROSS JOIN LATERAL (
-        SELECT k.user_id FROM waiting_keys k
+        SELECT k.user_id, k.seq FROM waiting_keys k
         WHERE k.lang = p.lang AND k.tag = p.tag AND k.user_id <> $1
           AND {NOT_AVOIDED.format(other="k.user_id")}
         ORDER BY k.lang, k.tag, k.seq LIMIT {CANDIDATES_PER_PROBE}) c
     UNION ALL
-    SELECT c.user_id FROM unnest($4::text[]) AS p(tag)
+    SELECT c.user_id, c.seq FROM unnest($4::text[]) AS p(tag)
     CROSS JOIN LATERAL (
-        SELECT k.user_id FROM waiting_keys k
+        SELECT k.user_id, k.seq FROM waiting_keys k
         WHERE k.flexible AND k.tag = p.tag AND k.user_id <> $1
           AND {NOT_AVOIDED.format(other="k.user_id")}
         ORDER BY k.tag, k.seq LIMIT {CANDIDATES_PER_PROBE}) c
     UNION ALL
-    SELECT c.user_id FROM unnest($5::text[]) AS p(lang)
+    SELECT c.user_id, c.seq FROM unnest($5::text[]) AS p(lang)
     CROSS JOIN LATERAL (
-        SELECT w.user_id FROM waiting w
+        SELECT w.user_id, w.seq FROM waiting w
         -- (a range rather than `=`, so the ORDER BY keeps naming the language)
         WHERE w.flexible AND w.lang >= p.lang AND w.lang <= p.lang AND w.user_id <> $1
           AND {NOT_AVOIDED.format(other="w.user_id")}
         ORDER BY w.lang, w.seq LIMIT {CANDIDATES_PER_PROBE}) c
     UNION ALL
-    (SELECT w.user_id FROM waiting w
+    (SELECT w.user_id, w.seq FROM waiting w
      WHERE $6 AND w.flexible AND w.user_id <> $1 AND {NOT_AVOIDED.format(other="w.user_id")}
      ORDER BY w.seq LIMIT {CANDIDATES_PER_PROBE})"""
 
 # The candidates (a few dozen at most) are fetched by primary key, then sorted: never a walk
 # of the queue in arrival order.
-_LOCK_PARTNER = f"""
-    SELECT {_W} FROM waiting
-    WHERE user_id = ANY(ARRAY({_CANDIDATES}))
+_LOCK_PARTNER = """
+    SELECT {w} FROM waiting
+    WHERE user_id = ANY(ARRAY(SELECT user_id FROM ({candidates}) c
+                              ORDER BY seq LIMIT {limit})){guard}
     ORDER BY seq LIMIT 1
     FOR UPDATE SKIP LOCKED"""
+_LOCK_PARTNER_FOR_WAITER = _LOCK_PARTNER.format(
+    w=_W, candidates=_CANDIDATES, limit=CANDIDATES, guard="")
+# For a newcomer who is not in the queue: nobody, should they be waiting or chatting already
+# (read after their user row was locked, so nothing queueing them is still under way).
+_LOCK_PARTNER_FOR_NEWCOMER = _LOCK_PARTNER.format(
+    w=_W, candidates=_CANDIDATES, limit=CANDIDATES, guard="""
+      AND NOT EXISTS (SELECT 1 FROM waiting WHERE user_id = $1)
+      AND NOT EXISTS (SELECT 1 FROM conversation_sides WHERE user_id = $1 AND live)""")
 
 _ANY_CANDIDATE = f"SELECT EXISTS ({_CANDIDATES})"
+
+
+@asynccontextmanager
+async def transaction(conn):
+    """A claim's transaction. Its statements get generic plans: they are index probes whose
+    best plan does not depend on the values, and planning the look-up afresh each time
+    (PostgreSQL's default for a while) costs more than running it."""
+    await conn.execute("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+    try:
+        yield conn
+    except BaseException:
+        await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+
+
+async def lock_newcomer(conn, user_id: str) -> Waiter | None:
+    """A user about to join the queue, as a waiter (the newest), their user row locked
+    until the transaction ends: queueing them (bridge.store.queue.enqueue) takes the same
+    lock, so a newcomer is never paired here while also being queued elsewhere. None for
+    an unknown user."""
+    row = await conn.fetchrow(
+        "SELECT tags, lang FROM users WHERE user_id = $1 FOR NO KEY UPDATE", user_id)
+    return Waiter(user_id, NEWEST, frozenset(row["tags"]), row["lang"]) if row else None
+
+
+# The seq a newcomer would get: after everyone waiting.
+NEWEST = 2 ** 63 - 1
 
 
 def _args(me: Waiter, p: Probes) -> tuple:
@@ -80,9 +120,11 @@ async def widen(conn, user_id: str) -> None:
     await conn.execute("UPDATE waiting_keys SET flexible = true WHERE user_id = $1", user_id)
 
 
-async def lock_partner(conn, me: Waiter, p: Probes) -> Waiter | None:
-    """The longest-waiting compatible waiter no other claim holds, locked."""
-    row = await conn.fetchrow(_LOCK_PARTNER, *_args(me, p))
+async def lock_partner(conn, me: Waiter, p: Probes, newcomer: bool = False) -> Waiter | None:
+    """The longest-waiting compatible waiter no other claim holds, locked. (`newcomer`:
+    `me` is not in the queue; none either when they are waiting or chatting already.)"""
+    sql = _LOCK_PARTNER_FOR_NEWCOMER if newcomer else _LOCK_PARTNER_FOR_WAITER
+    row = await conn.fetchrow(sql, *_args(me, p))
     return queue.waiter(row) if row else None
 
 

@@ -67,11 +67,15 @@ async def get(db, conversation_id: int) -> Conversation | None:
 async def create(conn, user_a: str, user_b: str, ghost_for_a: str, ghost_for_b: str,
                  invite_timeout: float, shared_tags: tuple[str, ...] = (),
                  unmet: tuple[tuple[bool, bool], tuple[bool, bool]] = ((False, False),
-                                                                       (False, False))) -> int:
+                                                                       (False, False)),
+                 from_queue: bool = False) -> int:
     """A new conversation in state 'opening'; ghost_for_a sits in a's room, standing for b.
-    `unmet`: per side, (interests, language) the match could not honour."""
+    `unmet`: per side, (interests, language) the match could not honour. `from_queue`:
+    also take both out of the waiting queue (in the same statement: a round trip less per
+    match)."""
     return await conn.fetchval(
-        """WITH c AS (
+        """WITH gone AS (DELETE FROM waiting WHERE $11 AND user_id IN ($3, $7)),
+           c AS (
                INSERT INTO conversations (invite_deadline, shared_tags)
                VALUES (now() + make_interval(secs => $1), $2) RETURNING id),
            s AS (
@@ -83,7 +87,7 @@ async def create(conn, user_a: str, user_b: str, ghost_for_a: str, ghost_for_b: 
                        AS v(side, user_id, ghost_id, interests_unmet, language_unmet))
            SELECT id FROM c""",
         float(invite_timeout), list(shared_tags), user_a, ghost_for_a, *unmet[0],
-        user_b, ghost_for_b, *unmet[1])
+        user_b, ghost_for_b, *unmet[1], from_queue)
 
 
 async def side_by_room(db, room_id: str) -> Side | None:

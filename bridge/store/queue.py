@@ -14,7 +14,7 @@ SAFETY_NET_SECONDS = 5.0
 
 # The waiter's preference window, from their stored preferences (matching.fallback_delay).
 _WINDOW = """make_interval(secs => CASE WHEN cardinality(u.tags) > 0 OR u.lang IS NOT NULL
-                                     THEN $2 ELSE 0 END)"""
+                                     THEN $2::float8 ELSE 0 END)"""
 # One key per tag, or '' for none (matching.keys).
 _INSERT_KEYS = """
     INSERT INTO waiting_keys (user_id, tag, lang, seq, flexible)
@@ -49,12 +49,17 @@ async def enqueue(db, user_id: str, fallback_after: float = 0.0) -> bool:
                     SELECT v.user_id, coalesce(u.tags, '{{}}'), u.lang, now() + {_WINDOW},
                            now() + {_WINDOW} <= now(), now() + make_interval(secs => $3)
                     -- (an unknown user still reaches the insert, to fail on the foreign key)
-                    FROM (VALUES ($1::text)) AS v(user_id) LEFT JOIN users u USING (user_id)
+                    FROM (VALUES ($1::text)) AS v(user_id) LEFT JOIN (
+                        -- Locked like a newcomer's short cut locks it (matchmaker.arrive):
+                        -- one of the two waits for the other, never both at once.
+                        SELECT user_id, tags, lang FROM users WHERE user_id = $1
+                        FOR NO KEY UPDATE) u USING (user_id)
                     ON CONFLICT (user_id) DO NOTHING
                     RETURNING user_id, seq, tags, lang, flexible)
                 {_INSERT_KEYS}""", user_id, float(fallback_after), SAFETY_NET_SECONDS)
-            # A fresh statement sees a match that committed while the insert waited for it
-            # (it was deleting this user's previous waiting row): never wait and chat at once.
+            # Checked in a statement of its own, after the insert: if the insert had to wait
+            # for a match that was deleting this user's previous waiting row, only a fresh
+            # statement sees that match. (The new row is invisible to claims until commit.)
             if added and await conn.fetchval(
                     "SELECT EXISTS (SELECT 1 FROM conversation_sides WHERE user_id = $1 AND live)",
                     user_id):

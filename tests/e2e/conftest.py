@@ -48,7 +48,8 @@ async def bridged(tmp_path_factory: pytest.TempPathFactory) -> BridgedLab:
     await (await _admin()).close()  # fails clearly when PostgreSQL is missing
     lab = await start_bridged_lab(tmp_path_factory.mktemp("bridged"), ADMIN_DSN,
                                   f"stranger_e2e_{uuid.uuid4().hex[:8]}",
-                                  **{"bridge.invite_timeout": 15})
+                                  **{"bridge.invite_timeout": 15,
+                                     "bridge.matching.fallback_after": 3})
     try:
         yield lab
     finally:
@@ -71,7 +72,8 @@ async def _empty_queue_between_tests(request: pytest.FixtureRequest):
         lab: BridgedLab = request.getfixturevalue("bridged")
         conn = await asyncpg.connect(lab.database_uri)
         try:
-            await conn.execute("DELETE FROM waiting")
+            await conn.execute("DELETE FROM waiting")  # (and its waiting_keys)
+            await conn.execute("DELETE FROM recent_pairs")
         finally:
             await conn.close()
         await lab.close_clients()

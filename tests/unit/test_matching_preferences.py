@@ -54,6 +54,9 @@ queues = st.lists(st.tuples(st.integers(0, 100_000), waiters), max_size=25,
     ("हिन्दी", "हिन्दी"),  # marks are spelling here, not accents: kept
     ("🎬", "🎬"),
     ("   ", ""),
+    ("nul\x00byte", "nulbyte"),  # PostgreSQL text cannot hold NUL
+    ("lone\ud800surrogate", "lonesurrogate"),  # nor can UTF-8 hold a lone surrogate
+    ("\x00\u200b", ""),
 ])
 def test_normalise_tag(raw, expected):
     assert normalise_tag(raw) == expected
@@ -83,7 +86,7 @@ def test_parse_tags_splits_on_commas_and_drops_duplicates_and_empties():
 def test_parse_tags_limits_name_the_limit():
     with pytest.raises(PreferenceError) as caught:
         parse_tags("a, b, c, d", 3, 30)
-    assert caught.value.key == "tags_too_many" and caught.value.values["max_count"] == "3"
+    assert caught.value.key == "tags_too_many" and caught.value.values["max_tags"] == "3"
     with pytest.raises(PreferenceError) as caught:
         parse_tags("ok, " + "x" * 31, 5, 30)
     assert caught.value.key == "tag_too_long" and caught.value.values["max_length"] == "30"
@@ -272,8 +275,10 @@ def test_shared_tags_and_unmet_preferences():
 
 @pytest.mark.parametrize("shared, interests, language, expected", [
     ((), False, False, "You're now chatting with a random stranger. Say hi!"),
-    (("cinema",), False, False, "You're now chatting with a random stranger. You both like: cinema."),
-    ((), True, False, "No one shares your interests right now, so you're chatting with a random stranger."),
+    (("cinema",), False, False,
+     "You're now chatting with a random stranger. You both like: cinema."),
+    ((), True, False,
+     "No one shares your interests right now, so you're chatting with a random stranger."),
     (("jazz",), False, True, "No one who speaks your language is waiting right now, so you're "
                              "chatting with a random stranger. You both like: jazz."),
     ((), True, True, "No one shares your interests or your language right now, so you're "

@@ -1,0 +1,137 @@
+"""One bridge process's worth of users coming and going, for the concurrency test: run in
+real OS processes (multiprocessing), each with its own pool, Pairing and match timer."""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import asyncpg
+from ruamel.yaml import YAML
+
+from bridge.background import Background
+from bridge.config import Config
+from bridge.pairing import Pairing
+from bridge.portal import NEXT, STOP
+from bridge.store import conversations, queue
+
+
+class AcceptingPortal:
+    """Every invite is delivered; nobody needs to join for the pairing invariants."""
+
+    async def open(self, conversation_id: int) -> bool:
+        return True
+
+    async def close(self, conversation_id: int) -> None:
+        pass
+
+    async def greet(self, conv) -> None:
+        pass
+
+
+def make_config(path: str, **matching) -> Config:
+    with open(path, "w") as f:
+        YAML().dump({"appservice": {"as_token": "a" * 32, "hs_token": "h" * 32},
+                     "homeserver": {"domain": "chat.example.net"},
+                     "bridge": {"matching": matching}}, f)
+    config = Config(path)
+    config.load()
+    config.update(save=False)
+    config.validate()
+    return config
+
+
+async def churn(uri: str, config_path: str, user_ids: list[str], seed: int, operations: int,
+                concurrency: int, start_at: float) -> dict:
+    """Random !start / !next / !stop on random users (any process may touch any user), then
+    !start for everyone not chatting. Returns what this process saw succeed."""
+    rnd = random.Random(seed)
+    pool = await asyncpg.create_pool(uri, min_size=2, max_size=concurrency + 2)
+    config = make_config(config_path, fallback_after=0.3, rematch_cooldown=3600)
+    background = Background()
+
+    async def notify_dm(*_):
+        pass
+
+    pairing = Pairing(pool, config, AcceptingPortal(), notify_dm, background)
+    timer = asyncio.create_task(pairing.run_match_timer())
+    counts = {"enqueued": 0, "dequeued": 0, "ended": 0, "errors": []}
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+
+    # (Each result is awaited before it is added: `counts[k] += await ...` would read the
+    # count before the await and lose the updates other tasks make meanwhile.)
+    async def one(user_id: str, op: str) -> None:
+        if op == "start":
+            added = await pairing.enqueue(user_id)
+            counts["enqueued"] += added
+            return
+        side = await conversations.live_side_of(pool, user_id)
+        if side is None:
+            if op == "stop":
+                removed = await queue.dequeue(pool, user_id)
+                counts["dequeued"] += removed
+            return
+        if op == "next":
+            ended = await pairing.end(side.conversation_id, NEXT, user_id, requeue=[user_id])
+        else:
+            ended = await pairing.end(side.conversation_id, STOP, user_id)
+        counts["ended"] += ended
+
+    async def worker(ops: int) -> None:
+        for _ in range(ops):
+            op = rnd.choices(["start", "next", "stop"], [6, 3, 1])[0]
+            try:
+                await one(rnd.choice(user_ids), op)
+            except Exception as e:  # surfaced by the test, never swallowed
+                counts["errors"].append(repr(e))
+
+    await asyncio.gather(*(worker(operations // concurrency) for _ in range(concurrency)))
+    # Everyone not chatting starts again: at the end nobody may be in limbo.
+    for user_id in rnd.sample(user_ids, len(user_ids)):
+        try:
+            added = await pairing.enqueue(user_id)
+            counts["enqueued"] += added
+        except Exception as e:
+            counts["errors"].append(repr(e))
+    timer.cancel()
+    await background.wait(timeout=10)
+    await pool.close()
+    return counts
+
+
+def run(uri, config_path, user_ids, seed, operations, concurrency, start_at, results) -> None:
+    results.put(asyncio.run(churn(uri, config_path, user_ids, seed, operations, concurrency,
+                                  start_at)))
+
+
+async def enqueue_all(uri: str, config_path: str, user_ids: list[str], concurrency: int,
+                      start_at: float) -> dict:
+    """Queue the users in order, `concurrency` at a time, with no match timer: whatever the
+    claims miss stays missed."""
+    pool = await asyncpg.create_pool(uri, min_size=2, max_size=concurrency + 2)
+    config = make_config(config_path, fallback_after=3600, rematch_cooldown=3600)
+    background = Background()
+
+    async def notify_dm(*_):
+        pass
+
+    pairing = Pairing(pool, config, AcceptingPortal(), notify_dm, background)
+    todo = iter(user_ids)
+    errors: list[str] = []
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+
+    async def worker() -> None:
+        for user_id in todo:
+            try:
+                await pairing.enqueue(user_id)
+            except Exception as e:
+                errors.append(repr(e))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await background.wait(timeout=10)
+    await pool.close()
+    return {"errors": errors}
+
+
+def run_enqueue_all(uri, config_path, user_ids, concurrency, start_at, results) -> None:
+    results.put(asyncio.run(enqueue_all(uri, config_path, user_ids, concurrency, start_at)))
