@@ -92,11 +92,9 @@ class StrangerBridge:
                        self.background.spawn(self._prune_inbox(), "inbox pruning"),
                        self.background.spawn(self.recovery.run(), "recovery")]
         # Tell the homeserver we are up, so it re-sends what failed while we were away
-        # now instead of on its backoff timer.
-        try:
-            await self.appservice.intent.appservice_ping(c["appservice.id"])
-        except MatrixError as e:
-            log.warning("Homeserver did not answer the appservice ping: %s", e)
+        # now instead of on its backoff timer (in the background: readiness must not wait
+        # on the homeserver's backoff).
+        self.background.spawn(self.recovery.ping(), "appservice ping")
         self.appservice.ready = True
         log.info("Stranger Bridge is up as %s", c.bot_mxid)
 

@@ -34,7 +34,7 @@ def well_formed(event: object) -> bool:
     return (isinstance(event, dict)
             and all(isinstance(event.get(k), str) and event.get(k)
                     for k in ("event_id", "room_id", "type", "sender"))
-            and isinstance(event.get("content", {}), dict)
+            and isinstance(event.get("content"), dict)  # required; {} when redacted
             and storable(event))
 
 
@@ -61,9 +61,10 @@ class IntakeAppService(AppService):
                  on_recorded: Callable[[set[str]], Awaitable[None] | None], **kwargs) -> None:
         self.pool = pool
         self.on_recorded = on_recorded
-        # Told of every transaction: its well-formed events, and whether they were recorded
-        # (False: answered 503). Recovery watches the homeserver's deliveries with it.
-        self.on_transaction: Callable[[list[dict], bool], None] | None = None
+        # Told of every transaction: its well-formed events, whether they were recorded
+        # (False: answered 503), and how many of them the inbox had already (a re-sent
+        # transaction). Recovery watches the homeserver's deliveries with it.
+        self.on_transaction: Callable[[list[dict], bool, int], None] | None = None
         kwargs.setdefault("aiohttp_params", {"client_max_size": MAX_TRANSACTION_BYTES})
         super().__init__(*args, **kwargs)
 
@@ -84,6 +85,8 @@ class IntakeAppService(AppService):
         txn_id = request.match_info["transaction_id"]
         try:
             body = json.loads(await request.read())
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "M_TOO_LARGE", "transaction body is too large")
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: too deep
             return _error(400, "M_NOT_JSON", "transaction body is not JSON")
         events = body.get("events") if isinstance(body, dict) else None
@@ -95,30 +98,33 @@ class IntakeAppService(AppService):
                         len(events) - len(valid))
         if valid:
             try:
-                valid = await self._record(txn_id, valid)
+                valid, already_known = await self._record(txn_id, valid)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 # Not stored: make the homeserver retry rather than lose the events.
                 log.error("Transaction %s not recorded, asking for a retry: %s", txn_id, e)
                 if self.on_transaction is not None:
-                    self.on_transaction(valid, False)
+                    self.on_transaction(valid, False, 0)
                 return _error(503, "M_UNKNOWN", "could not record the transaction, retry later")
             if self.on_transaction is not None:
-                self.on_transaction(valid, True)
+                self.on_transaction(valid, True, already_known)
             result = self.on_recorded({e["room_id"] for e in valid})
             if result is not None:
                 await result
         log.debug("Transaction %s: recorded %d event(s)", txn_id, len(valid))
         return web.json_response({})
 
-    async def _record(self, txn_id: str, events: list[dict]) -> list[dict]:
-        """Record the events; those returned are stored. An error about one event's data
-        (not about the database being away) must not fail the transaction forever, since
-        the homeserver would retry it, and everything after it, for ever: such a transaction
-        is recorded event by event, skipping the events the database refuses."""
+    async def _record(self, txn_id: str, events: list[dict]) -> tuple[list[dict], int]:
+        """Record the events; returns those stored, and how many the inbox had already.
+        An error about one event's data (not about the database being away) must not fail
+        the transaction, which the homeserver would retry, with everything after it, for
+        ever: such a transaction is recorded event by event, skipping what is refused."""
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                already_known = await conn.fetchval(
+                    "SELECT count(*) FROM inbox WHERE event_id = ANY($1::text[])",
+                    [e["event_id"] for e in events])
                 await inbox.record(conn, events)
-            return events
+            return events, already_known
         except asyncpg.PostgresError as e:
             if is_transient(e):
                 raise
@@ -136,7 +142,7 @@ class IntakeAppService(AppService):
                         raise
                     log.warning("Transaction %s: skipped an event the database refused (%s)",
                                 txn_id, type(e).__name__)
-        return stored
+        return stored, 0
 
     async def _http_ping(self, request: web.Request) -> web.Response:
         if (denied := self._token_error(request)) is not None:

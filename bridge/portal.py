@@ -98,7 +98,18 @@ class Portal:
         if conv is None or conv.state != "opening":
             return True
         for side in conv.sides:
-            room_id = side.room_id or await self._create_room(conv, side)
+            room_id = side.room_id
+            if room_id is None:
+                room_id = await self._create_room(conv, side)
+                # Opening can take long (a slow homeserver): the conversation may have ended
+                # meanwhile (invite deadline, a !stop), its cleanup finding no room to clean.
+                # The room is recorded now, so whichever of us reads second cleans it up.
+                now = await conversations.get(self.pool, conversation_id)
+                if now is not None and now.state != "opening":
+                    log.info("Conversation %d ended while opening: side %d room abandoned",
+                             conv.id, side.side)
+                    await self._close_side(now, now.sides[side.side])
+                    return True
             if side.joined_at is None:
                 try:
                     await self.ghost(side.ghost_id).invite_user(
@@ -182,9 +193,15 @@ class Portal:
                 await self.notice(ghost, side.room_id, "partner_left", cause=conv.id)
             elif conv.end_reason in (INVITE_TIMEOUT, INVITE_FAILED):
                 await self.notice(ghost, side.room_id, "partner_no_show", cause=conv.id)
-            await ghost.leave_room(side.room_id)
         except MatrixRequestError as e:
-            # The user may have left already, or the room is gone: nothing left to clean.
+            # The user may have left already (or rejected the invite): no one to tell.
             if e.http_status >= 500 or e.http_status == 429:
                 raise
             log.info("Conversation %d: closing side %d: %s", conv.id, side.side, e)
+        try:
+            # Whatever became of the goodbye, the ghost must not stay in the room.
+            await ghost.leave_room(side.room_id)
+        except MatrixRequestError as e:
+            if e.http_status >= 500 or e.http_status == 429:
+                raise
+            log.info("Conversation %d: leaving side %d: %s", conv.id, side.side, e)

@@ -42,17 +42,34 @@ log = logging.getLogger("bridge.recovery")
 # How long after a fault (start-up, a refused transaction, a backlog delivery, the
 # homeserver away) events are checked against the homeserver's history.
 SUSPECT_SECONDS = 15.0
-# An event older than this when delivered comes from the homeserver's retry queue: a
-# recovery is under way, and its end is when the race can strand an event.
-BACKLOG_AGE_MS = 2000
+# A recovery is under way (and its end is when the race can strand an event) when the
+# homeserver re-sends a transaction the bridge had recorded, or delivers events this old
+# (its retry queue after an outage the bridge did not notice; a busy homeserver delivers
+# late too, hence not less).
+BACKLOG_AGE_MS = 10000
 # How many of the sender's earlier events are compared (a stranded transaction holds what
 # was persisted in a few milliseconds).
 HISTORY_EVENTS = 10
+# The catch-up leaves younger events alone: they may simply be on their way. Rooms where
+# it saw some are looked at again a little later (a few times at most).
+ADOPT_MIN_AGE_MS = 3000
+RECHECK_SECONDS = 5.0
+RECHECK_ROUNDS = 3
 # DM rooms with inbox activity this recent are caught up too.
 ACTIVE_DM_SECONDS = 600
 WATCH_INTERVAL = 0.25
 SWEEP_INTERVAL = 30.0
 CLEANUP_GRACE_SECONDS = 120.0
+
+
+def _age_ms(event: dict) -> float:
+    """How long ago the homeserver got the event (its own measure when it gives one)."""
+    unsigned = event.get("unsigned")
+    age = unsigned.get("age") if isinstance(unsigned, dict) else None
+    if isinstance(age, (int, float)):
+        return age
+    ts = event.get("origin_server_ts")
+    return time.time() * 1000 - ts if isinstance(ts, (int, float)) else float("inf")
 
 
 class Recovery:
@@ -67,6 +84,13 @@ class Recovery:
         self._reopened = asyncio.Event()
         self._catching_up = False
         self._watchers: dict[str, asyncio.Task] = {}
+        self._young_rooms: set[str] = set()
+        self._settled = asyncio.Condition()
+        self._checked_through = 0  # inbox seq up to which events came in during suspect time
+        # The module's constants, per instance (tests shorten them).
+        self.suspect_seconds = SUSPECT_SECONDS
+        self.adopt_min_age_ms = ADOPT_MIN_AGE_MS
+        self.recheck_seconds = RECHECK_SECONDS
         # Counters, for logs, tests and benchmarks.
         self.adopted_before = 0  # found by the check before handling an event
         self.adopted_trailing = 0  # found by the catch-up after suspect time
@@ -76,12 +100,23 @@ class Recovery:
     # -- suspect time -----------------------------------------------------------------------
 
     def suspect_since_start(self, reason: str) -> None:
-        until = time.monotonic() + SUSPECT_SECONDS
+        until = time.monotonic() + getattr(self, "suspect_seconds", SUSPECT_SECONDS)
         if until > self._suspect_until:
             if self._suspect_until < time.monotonic():
                 log.debug("Checking deliveries against history (%s)", reason)
             self._suspect_until = until
         self._reopened.set()
+
+    def end_suspect_time_in(self, seconds: float) -> None:
+        """Let suspect time end sooner (tests)."""
+        self._suspect_until = time.monotonic() + seconds
+        self._reopened.set()
+
+    async def caught_up(self, after: int) -> None:
+        """Wait until a catch-up after the `after`-th is done and suspect time is over
+        (tests, benchmarks)."""
+        async with self._settled:
+            await self._settled.wait_for(lambda: self.catch_ups > after and not self.suspect)
 
     @property
     def suspect(self) -> bool:
@@ -89,11 +124,15 @@ class Recovery:
 
     # -- hooks: intake and dispatcher ---------------------------------------------------------
 
-    def on_transaction(self, events: list[dict], recorded: bool) -> None:
-        """Every transaction the homeserver delivered (recorded False: we answered 503)."""
+    def on_transaction(self, events: list[dict], recorded: bool, already_known: int = 0) -> None:
+        """Every transaction the homeserver delivered (recorded False: we answered 503;
+        already_known: how many of its events the inbox had)."""
         if not recorded:
             self.suspect_since_start("refused a transaction")
             self._watch("database")
+            return
+        if already_known and already_known == len(events):
+            self.suspect_since_start("a transaction delivered again")
             return
         for event in events:
             unsigned = event.get("unsigned")
@@ -115,7 +154,7 @@ class Recovery:
     async def missed_before(self, seq: int, event: dict) -> list[tuple[int, dict]]:
         """The dispatcher's precheck: earlier events of the same user in this room that the
         homeserver has but never delivered, recorded and returned oldest first."""
-        if not self.suspect:
+        if not (self.suspect or seq <= self._checked_through):
             return []
         sender, room_id = event.get("sender"), event["room_id"]
         if sender == self.config.bot_mxid or self.config.is_ghost(sender):
@@ -130,12 +169,13 @@ class Recovery:
         adopted = await self._adopt(room_id, data.get("events_before") if data else None, seq)
         if adopted:
             self.adopted_before += len(adopted)
-            log.warning("Room %s: %d earlier event(s) were never delivered; handling them "
-                        "first", room_id, len(adopted))
+            log.warning("Room %s: %d earlier event(s) were never delivered before this one; "
+                        "handling them first", room_id, len(adopted))
         return adopted
 
-    async def catch_up(self) -> int:
-        """Adopt trailing undelivered events of every live chat room and DM in use."""
+    async def catch_up(self, only: set[str] | None = None) -> int:
+        """Adopt trailing undelivered events of every live chat room and DM in use (or of
+        the rooms in `only`)."""
         rooms: list[tuple[str, str, IntentAPI]] = [
             (side.room_id, side.user_id, self.portal.ghost(side.ghost_id))
             for side in await conversations.live_sides(self.pool)]
@@ -143,23 +183,31 @@ class Recovery:
             owner = await users.owner_of_dm_room(self.pool, room_id)
             if owner is not None:
                 rooms.append((room_id, owner, self.appservice.intent))
+        if only is not None:
+            rooms = [room for room in rooms if room[0] in only]
         limit = asyncio.Semaphore(4)
+        young_rooms: set[str] = set()
 
         async def one(room_id: str, sender: str, reader: IntentAPI) -> int:
             async with limit:
                 data = await self._read(reader, Path.v3.rooms[room_id].messages, {
                     "dir": "b", "limit": str(HISTORY_EVENTS),
                     "filter": json.dumps({"senders": [sender], "lazy_load_members": True})})
-                adopted = await self._adopt(room_id, data.get("chunk") if data else None, None)
+                young: list[dict] = []
+                adopted = await self._adopt(room_id, data.get("chunk") if data else None, None,
+                                            young=young)
+                if young:
+                    young_rooms.add(room_id)
                 if adopted:
+                    self.adopted_trailing += len(adopted)
                     log.warning("Room %s: %d trailing event(s) were never delivered; adopted "
                                 "them from history", room_id, len(adopted))
                     self.dispatcher.kick([room_id])
                 return len(adopted)
 
         found = sum(await asyncio.gather(*(one(*room) for room in rooms)))
-        self.adopted_trailing += found
         self.catch_ups += 1
+        self._young_rooms = young_rooms
         log.info("Caught up with %d room(s): %d event(s) adopted", len(rooms), found)
         return found
 
@@ -185,10 +233,11 @@ class Recovery:
             return None
         return data if isinstance(data, dict) else None
 
-    async def _adopt(self, room_id: str, newest_first: object,
-                     before_seq: int | None) -> list[tuple[int, dict]]:
+    async def _adopt(self, room_id: str, newest_first: object, before_seq: int | None,
+                     young: list[dict] | None = None) -> list[tuple[int, dict]]:
         """Of these events (newest first), the ones newer than the newest the bridge has
-        accounted for: recorded in the inbox, returned oldest first with their seq."""
+        accounted for: recorded in the inbox, returned oldest first with their seq.
+        With `young`, events too recent to be called undelivered are put there instead."""
         if not isinstance(newest_first, list):
             return []
         events = [{**e, "room_id": e.get("room_id", room_id)} for e in newest_first
@@ -200,7 +249,11 @@ class Recovery:
         for event in events:
             if event["event_id"] in accounted:
                 break
-            if event["room_id"] == room_id and well_formed(event):  # as the intake would
+            if event["room_id"] != room_id or not well_formed(event):  # as the intake would
+                continue
+            if young is not None and _age_ms(event) < self.adopt_min_age_ms:
+                young.append(event)
+            else:
                 missing.append(event)
         if not missing:
             return []
@@ -215,11 +268,21 @@ class Recovery:
         try:
             while True:
                 while (remaining := self._suspect_until - time.monotonic()) > 0:
-                    await asyncio.sleep(remaining)  # a timer: suspect time may be extended
+                    self._reopened.clear()
+                    try:  # until suspect time ends (it may be extended meanwhile)
+                        await asyncio.wait_for(self._reopened.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        pass
                 self._reopened.clear()
                 self._catching_up = True
                 try:
+                    # Events that came in during suspect time are checked however late
+                    # they are handled (the dispatcher may lag behind a backlog).
+                    self._checked_through = max(self._checked_through,
+                                                await inbox.max_seq(self.pool))
                     await self.catch_up()
+                    # (and those that came in while it ran: it may have missed them)
+                    self._checked_through = await inbox.max_seq(self.pool)
                 except Exception as e:
                     if not is_transient(e):
                         log.exception("Catching up failed")
@@ -228,6 +291,18 @@ class Recovery:
                         self.suspect_since_start("catch-up failed")
                 finally:
                     self._catching_up = False
+                    async with self._settled:
+                        self._settled.notify_all()
+                rounds = 0
+                while (self._young_rooms and rounds < RECHECK_ROUNDS
+                       and self._suspect_until <= time.monotonic()):
+                    rounds += 1
+                    await asyncio.sleep(self.recheck_seconds)
+                    try:
+                        await self.catch_up(only=self._young_rooms)
+                    except Exception as e:
+                        log.warning("Catching up again failed (%s)", e)
+                        break
                 if self._suspect_until <= time.monotonic():
                     await self._reopened.wait()
         finally:
@@ -262,13 +337,28 @@ class Recovery:
                 log.info("The %s is back", what)
             self.dispatcher.wake()
             self.suspect_since_start(f"{what} back")
-            try:
-                # The homeserver re-sends what we refused now, not on its backoff timer.
-                await self.appservice.intent.appservice_ping(self.config["appservice.id"])
-            except Exception as e:
-                log.warning("Homeserver did not answer the appservice ping: %s", e)
+            await self.ping()  # it re-sends what we refused now, not on its backoff timer
         finally:
             self._watchers.pop(what, None)
+
+    async def ping(self, attempts: int = 6) -> bool:
+        """The appservice ping: the homeserver calls us back, and (Synapse) retries the
+        transactions it holds for us at once. Right after a restart its first call back may
+        land on a connection it kept to our previous process and fail: try again soon."""
+        path = Path.v1.appservice[self.config["appservice.id"]].ping
+        delay = 0.25
+        for attempt in range(attempts):
+            try:
+                await self.appservice.intent.api.request(Method.POST, path, {}, retry_count=0)
+                return True
+            except Exception as e:
+                if attempt == attempts - 1:
+                    log.warning("Homeserver did not answer the appservice ping: %s", e)
+                    return False
+                log.debug("Appservice ping failed (%s); again in %.2fs", e, delay)
+            await asyncio.sleep(delay)  # a retry backoff
+            delay *= 2
+        return False
 
     # -- 3. cleanup that failed -----------------------------------------------------------------
 

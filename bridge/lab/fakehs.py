@@ -26,6 +26,7 @@ from aiohttp import web
 log = logging.getLogger("bridge.lab.fakehs")
 
 Predicate = Callable[[dict], bool]
+USER = web.RequestKey("user", str)  # who the appservice acts as in this request
 
 
 @dataclass
@@ -37,13 +38,18 @@ class FakeRoom:
     state: dict[tuple[str, str], dict] = field(default_factory=dict)
 
 
+def _served(event: dict) -> dict:
+    """The event as the homeserver serves it: with its age now."""
+    return {**event, "unsigned": {"age": int(time.time() * 1000) - event["origin_server_ts"]}}
+
+
 def _error(status: int, errcode: str, message: str) -> web.Response:
     return web.json_response({"errcode": errcode, "error": message}, status=status)
 
 
 class FakeHomeserver:
     def __init__(self, server_name: str, as_token: str, hs_token: str, bot_localpart: str,
-                 *, echo: bool = True, keep_sent: bool = True) -> None:
+                 *, echo: bool = True, keep_sent: bool = True, timeline_limit: int = 500) -> None:
         self.server_name = server_name
         self.as_token = as_token
         self.hs_token = hs_token
@@ -51,6 +57,7 @@ class FakeHomeserver:
         # echo: deliver the bridge's own events back to it, as a homeserver does.
         self.echo = echo
         self.keep_sent = keep_sent
+        self.timeline_limit = timeline_limit
         self.bridge_url: str | None = None
         self.rooms: dict[str, FakeRoom] = {}
         self.sent: list[dict] = []  # events the bridge created (sends, state, memberships)
@@ -58,6 +65,10 @@ class FakeHomeserver:
         self.requests = 0
         # fail(method, path, user) -> a response to answer instead (fault injection)
         self.fault: Callable[[str, str, str], web.Response | None] | None = None
+        # strand(event) -> True: the event is persisted but never pushed to the bridge, as
+        # when Synapse's appservice recoverer race strands a transaction.
+        self.strand: Callable[[dict], bool] | None = None
+        self.stranded: list[dict] = []
         self.txn_cache: OrderedDict[tuple[str, str], str] = OrderedDict()  # bounded
         self._ids = itertools.count(1)
         self._txn_ids = itertools.count(1)
@@ -175,18 +186,20 @@ class FakeHomeserver:
         event: dict[str, Any] = {
             "event_id": f"{self.new_id('$')}", "room_id": room.room_id, "sender": sender,
             "type": event_type, "content": content,
-            "origin_server_ts": int(time.time() * 1000), "unsigned": {}}
+            "origin_server_ts": int(time.time() * 1000)}
         if state_key is not None:
             event["state_key"] = state_key
             room.state[(event_type, state_key)] = event
             if event_type == "m.room.member" and isinstance(content, dict):
                 room.members[state_key] = content.get("membership", "leave")
         room.timeline.append(event)
-        if len(room.timeline) > 500:  # long-lived rooms (DMs): only recent history is read
-            del room.timeline[:100]
+        if len(room.timeline) > self.timeline_limit:  # long-lived rooms (DMs): recent history
+            del room.timeline[:len(room.timeline) - self.timeline_limit]
         if by_bridge and self.keep_sent:
             self.sent.append(event)
-        if self.echo or not by_bridge:
+        if self.strand is not None and self.strand(event):
+            self.stranded.append(event)  # persisted, never delivered (Synapse's race)
+        elif self.echo or not by_bridge:
             self._outbox.append(event)
             self._outbox_ready.set()
         if state_key is not None and room.members and all(
@@ -202,10 +215,7 @@ class FakeHomeserver:
                 batch, self._outbox = self._outbox[:100], self._outbox[100:]
                 self._delivering = True
                 txn_id = str(next(self._txn_ids))
-                now = int(time.time() * 1000)
-                for event in batch:
-                    event["unsigned"] = {"age": now - event["origin_server_ts"]}
-                while not await self._push(txn_id, batch):
+                while not await self._push(txn_id, [_served(e) for e in batch]):
                     self.refused_transactions += 1
                     await asyncio.sleep(self.retry_delay)  # the homeserver's backoff
                 self.delivered_transactions += 1
@@ -260,7 +270,7 @@ class FakeHomeserver:
         if request.headers.get("Authorization") != f"Bearer {self.as_token}":
             return _error(401, "M_UNKNOWN_TOKEN", "not the appservice token")
         user = request.query.get("user_id", self.bot_id)
-        request["user"] = user
+        request[USER] = user
         if self.fault is not None:
             answer = self.fault(request.method, request.path, user)
             if answer is not None:
@@ -306,7 +316,7 @@ class FakeHomeserver:
 
     async def _create_room(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        user = request["user"]
+        user = request[USER]
         room_id = self.create_room(user)
         room = self.rooms[room_id]
         for state in body.get("initial_state") or []:
@@ -324,21 +334,25 @@ class FakeHomeserver:
         if room is None:
             return _error(404, "M_NOT_FOUND", "no such room")
         if room.members.get(target) in allowed:
-            self._persist(room, request["user"], "m.room.member",
+            self._persist(room, request[USER], "m.room.member",
                           {"membership": membership, **(extra or {})}, state_key=target,
                           by_bridge=True)
             await self._notify()
         elif membership == "join" and room.members.get(target) != "join":
             return _error(403, "M_FORBIDDEN", "You are not invited to this room.")
-        elif membership in ("leave",) and request["user"] == target:
-            return _error(403, "M_FORBIDDEN", "You are not in this room.")
+        elif membership == "leave" and request[USER] == target:
+            return _error(403, "M_FORBIDDEN", f"User {target} not in room {room.room_id}")
+        elif membership == "leave":  # a kick (Synapse's words)
+            return _error(403, "M_FORBIDDEN", "The target user is not in the room")
+        elif membership == "invite":
+            return _error(403, "M_FORBIDDEN", f"{target} is already in the room.")
         return web.json_response({"room_id": room.room_id} if membership == "join" else {})
 
     async def _join(self, request: web.Request) -> web.Response:
         room = self._room(request)
-        if room is not None and room.members.get(request["user"]) == "join":
+        if room is not None and room.members.get(request[USER]) == "join":
             return web.json_response({"room_id": room.room_id})  # already in: fine
-        return await self._membership(request, request["user"], "join", ("invite",))
+        return await self._membership(request, request[USER], "join", ("invite",))
 
     async def _invite(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -346,7 +360,7 @@ class FakeHomeserver:
                                       (None, "leave"))
 
     async def _leave(self, request: web.Request) -> web.Response:
-        return await self._membership(request, request["user"], "leave", ("join", "invite"))
+        return await self._membership(request, request[USER], "leave", ("join", "invite"))
 
     async def _kick(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -354,13 +368,13 @@ class FakeHomeserver:
                                       ("join", "invite"))
 
     async def _send(self, request: web.Request) -> web.Response:
-        key = (request["user"], request.path)
+        key = (request[USER], request.path)
         if key in self.txn_cache:  # Synapse's transaction-ID dedup
             return web.json_response({"event_id": self.txn_cache[key]})
         room = self._room(request)
-        if room is None or room.members.get(request["user"]) != "join":
+        if room is None or room.members.get(request[USER]) != "join":
             return _error(403, "M_FORBIDDEN", "not in the room")
-        event = self._persist(room, request["user"], request.match_info["type"],
+        event = self._persist(room, request[USER], request.match_info["type"],
                               await self._body(request), by_bridge=True)
         self.txn_cache[key] = event["event_id"]
         if len(self.txn_cache) > 20000:
@@ -380,7 +394,7 @@ class FakeHomeserver:
                        "leave": ("join", "invite")}.get(membership, ())
             if room.members.get(state_key) not in allowed:
                 return _error(403, "M_FORBIDDEN", f"cannot {membership}")
-        event = self._persist(room, request["user"], event_type, body, state_key=state_key,
+        event = self._persist(room, request[USER], event_type, body, state_key=state_key,
                               by_bridge=True)
         await self._notify()
         return web.json_response({"event_id": event["event_id"]})
@@ -403,7 +417,7 @@ class FakeHomeserver:
 
     async def _context(self, request: web.Request) -> web.Response:
         room = self._room(request)
-        if room is None or room.members.get(request["user"]) != "join":
+        if room is None or room.members.get(request[USER]) != "join":
             return _error(403, "M_FORBIDDEN", "not in the room")
         ids = [e["event_id"] for e in room.timeline]
         event_id = request.match_info["event"]
@@ -413,19 +427,21 @@ class FakeHomeserver:
         half = int(request.query.get("limit", "10")) // 2
         before = self._filtered(request, room.timeline[:at])[-half:][::-1] if half else []
         after = self._filtered(request, room.timeline[at + 1:])[:half]
-        return web.json_response({"event": room.timeline[at], "events_before": before,
-                                  "events_after": after, "state": []})
+        return web.json_response({"event": _served(room.timeline[at]),
+                                  "events_before": [_served(e) for e in before],
+                                  "events_after": [_served(e) for e in after], "state": []})
 
     async def _messages(self, request: web.Request) -> web.Response:
         room = self._room(request)
-        if room is None or room.members.get(request["user"]) != "join":
+        if room is None or room.members.get(request[USER]) != "join":
             return _error(403, "M_FORBIDDEN", "not in the room")
         limit = int(request.query.get("limit", "10"))
         events = self._filtered(request, room.timeline)
         chunk = events[::-1][:limit] if request.query.get("dir") == "b" else events[:limit]
-        return web.json_response({"chunk": chunk, "start": "s", "end": "e"})
+        return web.json_response({"chunk": [_served(e) for e in chunk], "start": "s",
+                                  "end": "e"})
 
     async def _joined_rooms(self, request: web.Request) -> web.Response:
-        user = request["user"]
+        user = request[USER]
         return web.json_response({"joined_rooms": [
             r.room_id for r in self.rooms.values() if r.members.get(user) == "join"]})

@@ -118,9 +118,11 @@ class SimUser:
 
 
 async def start_inprocess_bridge(root: Path, database_uri: str, *, echo: bool = True,
-                                 keep_sent: bool = True, **overrides) -> InProcessBridge:
+                                 keep_sent: bool = True, timeline_limit: int = 500,
+                                 **overrides) -> InProcessBridge:
     as_token, hs_token = secrets.token_hex(16), secrets.token_hex(16)
-    hs = FakeHomeserver(SERVER_NAME, as_token, hs_token, BOT, echo=echo, keep_sent=keep_sent)
+    hs = FakeHomeserver(SERVER_NAME, as_token, hs_token, BOT, echo=echo, keep_sent=keep_sent,
+                        timeline_limit=timeline_limit)
     await hs.start(free_port())
     port = free_port()
     path = root / "bridge-config.yaml"

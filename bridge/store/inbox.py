@@ -39,11 +39,11 @@ async def prune(db, older_than_seconds: float) -> int:
 
 
 async def known(db, event_ids: list[str], before_seq: int | None = None) -> set[str]:
-    """Which of these events are accounted for: handled, or (with before_seq) waiting in
-    the inbox ahead of the event with that seq."""
+    """Which of these events are accounted for: in the inbox, or (with before_seq) handled
+    or waiting in the inbox ahead of the event with that seq."""
     rows = await db.fetch(
         """SELECT event_id FROM inbox WHERE event_id = ANY($1::text[])
-           AND (handled_at IS NOT NULL OR ($2::bigint IS NOT NULL AND seq < $2))""",
+           AND ($2::bigint IS NULL OR handled_at IS NOT NULL OR seq < $2)""",
         event_ids, before_seq)
     return {row["event_id"] for row in rows}
 
@@ -62,3 +62,7 @@ async def recently_active_rooms(db, seconds: float, limit: int) -> list[str]:
         """SELECT room_id FROM inbox WHERE received_at > now() - make_interval(secs => $1)
            GROUP BY room_id ORDER BY max(seq) DESC LIMIT $2""", seconds, limit)
     return [row["room_id"] for row in rows]
+
+
+async def max_seq(db) -> int:
+    return await db.fetchval("SELECT coalesce(max(seq), 0) FROM inbox")
