@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import asyncpg  # noqa: E402
 
 from bridge.lab.bridged import start_bridged_lab  # noqa: E402
 from bridge.lab.faults import crash_run, make_pair  # noqa: E402
@@ -38,12 +37,7 @@ async def main(messages: int, kills: int, rate: float, seed: int | None,
             report = await crash_run(lab, pair, messages=messages, kills=kills, rate=rate,
                                      seed=seed, settle_timeout=600)
         finally:
-            await lab.close_clients()
-            await lab.bridge.stop()
-            await lab.lab.stop()
-            admin = await asyncpg.connect(ADMIN_DSN)
-            await admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-            await admin.close()
+            await lab.shutdown(ADMIN_DSN)
     print(report.summary())
     print("RESULT:", "every message exactly once, in order" if report.ok else "FAILED")
     if json_path:

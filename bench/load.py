@@ -28,7 +28,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import asyncpg  # noqa: E402
 
 from bridge.lab.bridged import start_bridged_lab  # noqa: E402
 from bridge.lab.load import latency_summary, load_run, ready_users  # noqa: E402
@@ -51,12 +50,7 @@ async def main(users: int, seconds: float, interval: float, think: tuple[float, 
         finally:
             if log_path:
                 shutil.copy(lab.bridge.log_path, log_path)
-            await lab.close_clients()
-            await lab.bridge.stop()
-            await lab.lab.stop()
-            admin = await asyncpg.connect(ADMIN_DSN)
-            await admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-            await admin.close()
+            await lab.shutdown(ADMIN_DSN)
     print(report.summary())
     ok = (not report.stats.errors and not report.bridge_errors and report.stats.duplicates == 0
           and report.live_conversations_left == 0 and report.sides_not_cleaned_up == 0

@@ -27,7 +27,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import asyncpg  # noqa: E402
 
 from bridge.lab.bridged import start_bridged_lab  # noqa: E402
 from bridge.lab.client import LabClient  # noqa: E402
@@ -82,12 +81,7 @@ async def main(count: int, json_path: str | None, encrypted: bool = False) -> di
                                        s.membership == "join" and s.state_key == bob.user_id)
             direct = await measure(alice, direct_room, bob, direct_room, count, "direct")
         finally:
-            await lab.close_clients()
-            await lab.bridge.stop()
-            await lab.lab.stop()
-            admin = await asyncpg.connect(ADMIN_DSN)
-            await admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-            await admin.close()
+            await lab.shutdown(ADMIN_DSN)
     result = {"encrypted": encrypted, "bridge": summary(bridge), "direct": summary(direct)}
     result["ratio_median"] = round(result["bridge"]["median_ms"] / result["direct"]["median_ms"], 2)
     print(f"{'path':<8} {'n':>5} {'median ms':>10} {'p95 ms':>8}")

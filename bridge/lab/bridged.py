@@ -120,6 +120,18 @@ class BridgedLab:
             self.bridge.config.write_text(original)
             await self.bridge.restart()
 
+    async def shutdown(self, admin_dsn: str) -> None:
+        """Stop everything this lab started and drop its database."""
+        await self.close_clients()
+        await self.bridge.stop()
+        await self.lab.stop()
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(
+                f"DROP DATABASE IF EXISTS {self.database_uri.rsplit('/', 1)[1]} WITH (FORCE)")
+        finally:
+            await admin.close()
+
     async def close_clients(self) -> None:
         for client in self.clients:
             await client.close()

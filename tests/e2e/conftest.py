@@ -53,15 +53,7 @@ async def bridged(tmp_path_factory: pytest.TempPathFactory) -> BridgedLab:
     try:
         yield lab
     finally:
-        await lab.close_clients()
-        await lab.bridge.stop()
-        await lab.lab.stop()
-        admin = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await admin.execute(
-                f"DROP DATABASE IF EXISTS {lab.database_uri.rsplit('/', 1)[1]} WITH (FORCE)")
-        finally:
-            await admin.close()
+        await lab.shutdown(ADMIN_DSN)
 
 
 @pytest_asyncio.fixture(autouse=True)
