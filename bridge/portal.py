@@ -171,16 +171,21 @@ class Portal:
         for side in conv.sides:
             if side.closed_at is None:
                 await self._close_side(conv, side)
-                if self.ghost_devices:
-                    await self.ghost_devices.forget(side.ghost_id)
                 await conversations.mark_closed(self.pool, conv.id, side.side)
         if self.on_closed:
             self.on_closed([s.room_id for s in conv.sides if s.room_id],
                            [s.ghost_id for s in conv.sides])
 
     async def _close_side(self, conv: Conversation, side: Side) -> None:
-        if side.room_id is None:
-            return
+        """Goodbye, the ghost out of the room, and its encryption device deleted: every path
+        that closes a side (an ended conversation, a room abandoned while opening) ends here."""
+        if side.room_id is not None:
+            await self._leave_side(conv, side)
+        if self.ghost_devices:
+            # Also when the room was never recorded: the device is made before the room.
+            await self.ghost_devices.forget(side.ghost_id)
+
+    async def _leave_side(self, conv: Conversation, side: Side) -> None:
         ghost = self.ghost(side.ghost_id)
         partner = conv.partner_of(side)
         try:
