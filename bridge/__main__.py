@@ -17,6 +17,7 @@ from ruamel.yaml import YAML
 from bridge import registration
 from bridge.app import StrangerBridge
 from bridge.config import Config, ConfigError
+from bridge.crypto import MisconfiguredMode
 from bridge.database import DatabaseError, migrate
 
 
@@ -101,6 +102,8 @@ def main() -> None:
         asyncio.run(run(config))
     except DatabaseError as e:
         sys.exit(f"Database problem: {e}")
+    except MisconfiguredMode as e:
+        sys.exit(f"Encryption mode problem: {e}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from bridge.commands import Commands
 from bridge.config import Config
 from bridge.crypto import Crypto, crypto_database
 from bridge.database import open_database
+from bridge.device_events import DeviceEvents
 from bridge.dispatcher import Dispatcher
 from bridge.ghost_devices import GhostDevices
 from bridge.handler import Handler
@@ -72,6 +73,11 @@ class StrangerBridge:
         self.dispatcher.precheck = self.recovery.missed_before
         self.dispatcher.on_transient = self.recovery.on_transient
         self.appservice.on_transaction = self.recovery.on_transaction
+        device_events = None
+        if c["bridge.encryption.allow"] and c["bridge.encryption.appservice"]:
+            # Transactions may bring room keys before encryption has started: they wait.
+            device_events = DeviceEvents()
+            self.appservice.on_device_events = device_events.handle
 
         await self.appservice.start(host=c["appservice.hostname"], port=c["appservice.port"])
         await self._prepare_bot()
@@ -84,6 +90,8 @@ class StrangerBridge:
             handler.crypto = self.portal.bot_crypto = self.crypto
             self.portal.ghost_devices = GhostDevices(self.appservice, c, self.state_store,
                                                      self.pool, self.crypto_db)
+            if device_events is not None:
+                device_events.start(self.crypto, self.portal.ghost_devices)
         self.dispatching = True
         await self.dispatcher.kick_all_pending()
         await self.pairing.resume()

@@ -135,9 +135,6 @@ class Config(BaseFileConfig):
                 or isinstance(self["bridge.encryption.default"], bool)):
             raise ConfigError("bridge.encryption.default", "must be auto, true or false, got "
                                                            f"{self['bridge.encryption.default']!r}")
-        if self["bridge.encryption.appservice"]:
-            raise ConfigError("bridge.encryption.appservice", "true (to-device events through "
-                              "transactions) is not supported yet; use false")
         _str(self, "bridge.encryption.pickle_key", r"\S{8,}")
         levels = ("unverified", "cross-signed-untrusted", "cross-signed-tofu",
                   "cross-signed-trusted", "verified")

@@ -1,9 +1,16 @@
-"""The bot's end-to-end encryption: a real device, mautrix's OlmMachine, keys in PostgreSQL.
+"""End-to-end encryption devices (the bot's, and each ghost's): mautrix's OlmMachine, keys
+in PostgreSQL. Each device's ID is kept in the crypto store, so restarts reuse it. Room
+events always come through appservice transactions; what differs is the rest:
 
-"Classic" mode, which works on a stock Synapse with no experimental flags: the bot logs in
-with the appservice login type to one fixed device (its ID is kept in the crypto store, so
-restarts reuse it) and long-polls /sync as that device, for to-device messages (room keys),
-device list changes and its one-time key count only; rooms come through transactions.
+- classic mode (`bridge.encryption.appservice: false`), for a stock homeserver with no
+  experimental flags: the device is made with the appservice login type and long-polls
+  /sync as itself for to-device messages (room keys), device list changes and its one-time
+  key count only.
+- appservice mode (`true`): the device is made with MSC4190 (PUT /devices as the
+  appservice, no access token of its own; requests name it with MSC3202's device_id
+  parameter) and those three arrive in the appservice transactions (MSC2409/MSC4203
+  to-device, MSC3202 device lists and key counts), routed here by device_events.py. No
+  /sync per device: one connection for the whole bridge, however many ghosts.
 
 The crypto store is mautrix's PgCryptoStore in the bridge's own database. Its tables
 (crypto_*) belong to mautrix's upgrade table `crypto_version`, not to alembic: mautrix
@@ -22,8 +29,9 @@ from mautrix.appservice import AppService, IntentAPI
 from mautrix.client import Client
 from mautrix.client.syncer import SyncStream
 from mautrix.crypto import OlmMachine, PgCryptoStore, RejectKeyShare, StateStore
-from mautrix.errors import (DecryptionError, EncryptionError, MForbidden, MNotFound,
-                            MUnknownToken, SessionNotFound)
+from mautrix.errors import (DecryptionError, EncryptionError, MatrixRequestError, MForbidden,
+                            MNotFound, MUnknownToken, SessionNotFound)
+from mautrix.api import Method, Path
 from mautrix.types import (DeviceLists, DeviceOTKCount, EncryptedEvent,
                            EncryptedMegolmEventContent, EventType, Filter, LoginType, Membership,
                            PresenceState, RoomKeyWithheldCode, StateEvent, ToDeviceEvent,
@@ -40,9 +48,15 @@ log = logging.getLogger("bridge.crypto")
 DEVICE_NAME = "Stranger Bridge"
 # A room key often arrives a moment after its event (to-device messages take another path).
 KEY_WAIT_SECONDS = 10.0
+# A homeserver sends at most ~100 to-device messages per /sync: enough for any backlog.
+MAX_CATCH_UP_SYNCS = 50
 # No rooms, no presence, no account data: to-device, device lists and OTK counts remain.
 SYNC_FILTER = Filter.deserialize({"room": {"rooms": []}, "presence": {"not_types": ["*"]},
                                   "account_data": {"not_types": ["*"]}})
+
+
+class MisconfiguredMode(RuntimeError):
+    """The encryption mode in the config does not match the registration."""
 
 
 class Undecryptable(Exception):
@@ -114,6 +128,7 @@ class Crypto:
         self.machine.send_keys_min_trust = TrustState.parse(levels["send"])
         self.machine.share_keys_min_trust = TrustState.parse(levels["share"])
         self.machine.allow_key_share = self._allow_key_share
+        self.appservice_mode: bool = config["bridge.encryption.appservice"]
         self._sync_task: asyncio.Task | None = None
         self._cancellable = self._stopping = self._relogin = False
 
@@ -144,15 +159,43 @@ class Crypto:
                 log.warning("Could not cross-sign the bot's device (%s); some clients will "
                             "warn about it, encryption still works", e)
         filter_id = await self.client.create_filter(SYNC_FILTER)
-        self._sync_task = asyncio.create_task(self._sync_loop(filter_id), name="crypto sync")
+        if not self.appservice_mode:
+            self._sync_task = asyncio.create_task(self._sync_loop(filter_id), name="crypto sync")
+        elif known_device:
+            await self._catch_up(filter_id)
         log.info("Encryption ready: %s device %s (%s)", self.client.mxid, self.client.device_id,
                  "reused" if known_device else "new")
 
+    @property
+    def device_id(self) -> str:
+        return self.client.device_id
+
     async def _login(self, device_id: str | None) -> None:
-        # The AS token authenticates the appservice login; the device's own token replaces it.
         self.client.api.token = self.appservice.as_token
-        await self.client.login(login_type=LoginType.APPSERVICE, device_name=self.device_name,
-                                device_id=device_id or None, store_access_token=True)
+        if self.appservice_mode:
+            # MSC4190: the appservice creates the device (or renames it, when it exists) and
+            # acts as it with its own token; a homeserver refuses the appservice login then.
+            try:
+                await self.client.create_device_msc4190(device_id=device_id or "",
+                                                        initial_display_name=self.device_name)
+            except MNotFound as e:  # the homeserver does not let us create devices
+                raise MisconfiguredMode(
+                    "bridge.encryption.appservice is true but the homeserver did not let the "
+                    "appservice create a device: regenerate the registration (-g) so it has "
+                    "io.element.msc4190, and reload it in the homeserver") from e
+            return
+        # The AS token authenticates the appservice login; the device's own token replaces it.
+        try:
+            await self.client.login(login_type=LoginType.APPSERVICE,
+                                    device_name=self.device_name,
+                                    device_id=device_id or None, store_access_token=True)
+        except MatrixRequestError as e:
+            if e.errcode != "M_APPSERVICE_LOGIN_UNSUPPORTED":
+                raise
+            raise MisconfiguredMode(
+                "the registration enables io.element.msc4190 (appservice-mode encryption) "
+                "but bridge.encryption.appservice is false: set it to true, or regenerate "
+                "the registration (-g) and reload it in the homeserver") from e
 
     async def stop(self, *, forget: bool = False) -> None:
         """Finish handling the current sync (so no room key is lost), then stop. `forget`:
@@ -167,11 +210,32 @@ class Crypto:
                 task.cancel()
         if forget:
             try:
-                await self.client.logout()
+                if self.appservice_mode:  # MSC4190: deleting the device needs no password
+                    await self.client.api.request(Method.DELETE,
+                                                  Path.v3.devices[self.client.device_id])
+                else:
+                    await self.client.logout()  # deletes the device it was made for
             except Exception as e:
-                log.warning("Could not log out %s's device: %s", self.client.mxid, e)
+                log.warning("Could not delete %s's device: %s", self.client.mxid, e)
             await self.store.delete()
         await self.store.close()
+
+    async def _catch_up(self, filter_id: str) -> None:
+        """Appservice mode: Synapse drops the to-device messages (room keys) of an appservice
+        it believes down, e.g. while the bridge restarts (element-hq/synapse#14710), but they
+        stay in the device's inbox. Read that inbox once as the device (MSC3202 device_id
+        masquerading), so a key sent while we were away is not lost. What transactions
+        delivered before comes again too and is refused by Olm as a replay, harmlessly; the
+        token stored at the end tells the homeserver it may delete what was read."""
+        since = await self.store.get_next_batch()
+        for _ in range(MAX_CATCH_UP_SYNCS):
+            data = await self.client.sync(since=since, timeout=0, filter_id=filter_id,
+                                          set_presence=PresenceState.OFFLINE)
+            await self._handle_sync(data)
+            since = data["next_batch"]
+            await self.store.put_next_batch(since)
+            if not (data.get("to_device") or {}).get("events"):
+                break
 
     async def _sync_loop(self, filter_id: str) -> None:
         delay = 1.0
@@ -201,7 +265,7 @@ class Crypto:
     async def _handle_sync(self, data: dict[str, Any]) -> None:
         work = []
         if changed := (data.get("device_lists") or {}).get("changed"):
-            work.append(self.machine.handle_device_lists(DeviceLists(changed=changed)))
+            work.append(self.handle_device_lists(changed))
         for raw in (data.get("to_device") or {}).get("events", []):
             try:
                 evt = ToDeviceEvent.deserialize(raw)
@@ -209,18 +273,32 @@ class Crypto:
                 log.warning("Skipped a malformed to-device event from %s", raw.get("sender"))
                 continue
             evt.source = SyncStream.TO_DEVICE
-            if evt.type == EventType.TO_DEVICE_ENCRYPTED:
-                work.append(self.machine.handle_to_device_event(evt))
-            elif evt.type == EventType.ROOM_KEY_REQUEST:
-                work.append(self.machine.handle_room_key_request(evt))
+            work.append(self.handle_to_device(evt))
         if (counts := data.get("device_one_time_keys_count")) is not None:
-            work.append(self.machine.handle_otk_count(
-                DeviceOTKCount(signed_curve25519=counts.get("signed_curve25519", 0))))
+            work.append(self.handle_otk_count(counts))
         for step in work:  # in order, each on its own: one bad message must not stop the rest
             try:
                 await step
             except Exception:
                 log.exception("Crypto sync handling failed")
+
+    # What /sync (classic mode) or a transaction (appservice mode) brings for this device.
+
+    async def handle_to_device(self, evt: ToDeviceEvent) -> None:
+        if evt.type == EventType.TO_DEVICE_ENCRYPTED:  # room keys, in Olm
+            await self.machine.handle_to_device_event(evt)
+        elif evt.type == EventType.ROOM_KEY_REQUEST:
+            await self.machine.handle_room_key_request(evt)
+
+    async def handle_otk_count(self, counts: dict) -> None:
+        """Upload more one-time keys when the homeserver says few are left."""
+        await self.machine.handle_otk_count(
+            DeviceOTKCount(signed_curve25519=counts.get("signed_curve25519", 0)))
+
+    async def handle_device_lists(self, changed: list[str]) -> None:
+        """Refetch the keys of tracked users whose devices changed (the device list store
+        is shared by every device of the bridge, so one device does it for all)."""
+        await self.machine.handle_device_lists(DeviceLists(changed=changed))
 
     async def is_encrypted(self, room_id: str, intent: IntentAPI | None = None) -> bool:
         """`intent`: someone who is in the room (default the bot), to read its state."""

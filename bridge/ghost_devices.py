@@ -32,6 +32,7 @@ class GhostDevices:
         self.pool, self.db = pool, db
         self._devices: dict[str, Crypto] = {}
         self._starting: dict[str, asyncio.Lock] = {}
+        self._forgetting: set[str] = set()
 
     async def get(self, ghost_id: str) -> Crypto:
         """The ghost's device, started on first use (or first use after a restart: the device
@@ -50,6 +51,16 @@ class GhostDevices:
         self._starting.pop(ghost_id, None)
         return device
 
+    async def find(self, ghost_id: str, device_id: str) -> Crypto | None:
+        """The ghost's device with this ID (started if it is only stored, e.g. after a
+        restart), or None when the ghost has no such device (never had, or forgotten)."""
+        device = self._devices.get(ghost_id)
+        if device is None:
+            if ghost_id in self._forgetting or await self._stored_device(ghost_id) != device_id:
+                return None
+            device = await self.get(ghost_id)
+        return device if device.device_id == device_id else None
+
     async def is_encrypted(self, ghost_id: str, room_id: str) -> bool:
         """Whether the ghost's room is encrypted (read as the ghost, who is in it)."""
         if await self.state_store.has_encryption_info_cached(room_id):
@@ -64,15 +75,19 @@ class GhostDevices:
     async def forget(self, ghost_id: str) -> None:
         """The conversation is over: delete the ghost's device and its keys (after a restart
         the device is brought back first, only to be logged out properly)."""
-        if ghost_id not in self._devices and not await self._has_keys(ghost_id):
+        if ghost_id not in self._devices and await self._stored_device(ghost_id) is None:
             return  # its room was never encrypted
         device = await self.get(ghost_id)
         self._devices.pop(ghost_id, None)
-        await device.stop(forget=True)
+        self._forgetting.add(ghost_id)  # late to-device messages must not bring it back
+        try:
+            await device.stop(forget=True)
+        finally:
+            self._forgetting.discard(ghost_id)
 
-    async def _has_keys(self, ghost_id: str) -> bool:
-        return bool(await self.db.fetchval(
-            "SELECT 1 FROM crypto_account WHERE account_id = $1", ghost_id))
+    async def _stored_device(self, ghost_id: str) -> str | None:
+        return await self.db.fetchval(
+            "SELECT device_id FROM crypto_account WHERE account_id = $1", ghost_id)
 
     async def stop(self) -> None:
         devices, self._devices = list(self._devices.values()), {}

@@ -65,6 +65,9 @@ class IntakeAppService(AppService):
         # (False: answered 503), and how many of them the inbox had already (a re-sent
         # transaction). Recovery watches the homeserver's deliveries with it.
         self.on_transaction: Callable[[list[dict], bool, int], None] | None = None
+        # Appservice-mode encryption (device_events.py): to-device messages, device lists and
+        # key counts, handled before the answer because the homeserver sends them only once.
+        self.on_device_events: Callable[[dict], Awaitable[None]] | None = None
         kwargs.setdefault("aiohttp_params", {"client_max_size": MAX_TRANSACTION_BYTES})
         super().__init__(*args, **kwargs)
 
@@ -92,6 +95,17 @@ class IntakeAppService(AppService):
         events = body.get("events") if isinstance(body, dict) else None
         if not isinstance(events, list):
             return _error(400, "M_BAD_JSON", "transaction needs an 'events' list")
+        if self.on_device_events is not None:
+            try:  # first: a room key is then stored before its message is handled
+                await self.on_device_events(body)
+            except Exception as e:
+                if not is_transient(e):  # a bug: retrying for ever would block every room
+                    log.exception("Transaction %s: device events failed", txn_id)
+                else:
+                    log.error("Transaction %s: device events not handled, asking for a "
+                              "retry: %s", txn_id, e)
+                    return _error(503, "M_UNKNOWN", "could not handle the transaction, "
+                                  "retry later")
         valid = [e for e in events if well_formed(e)]
         if len(valid) != len(events):
             log.warning("Transaction %s: skipped %d malformed event(s)", txn_id,

@@ -15,6 +15,26 @@ def generate(config: Config) -> dict:
     """Fresh tokens go into the config (so the bridge knows them) and the registration."""
     config["appservice.as_token"] = new_token()
     config["appservice.hs_token"] = new_token()
+    return {**_base(config), **encryption_flags(config)}
+
+
+def encryption_flags(config: Config) -> dict:
+    """What appservice-mode encryption needs from the homeserver (nothing otherwise)."""
+    if not (config["bridge.encryption.allow"] and config["bridge.encryption.appservice"]):
+        return {}
+    return {
+        # To-device messages in transactions (MSC2409, MSC4203: Synapse sends them only to
+        # appservices that take ephemeral events; both names, for older homeservers).
+        "receive_ephemeral": True,
+        "de.sorunome.msc2409.push_ephemeral": True,
+        # Device list changes and one-time key counts in transactions.
+        "org.matrix.msc3202": True,
+        # The appservice creates and deletes its users' devices itself.
+        "io.element.msc4190": True,
+    }
+
+
+def _base(config: Config) -> dict:
     return {
         "id": config["appservice.id"],
         "url": config["appservice.address"],

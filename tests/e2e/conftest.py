@@ -56,6 +56,29 @@ async def bridged(tmp_path_factory: pytest.TempPathFactory) -> BridgedLab:
         await lab.shutdown(ADMIN_DSN)
 
 
+@pytest_asyncio.fixture(scope="session")
+async def bridged_appservice(tmp_path_factory: pytest.TempPathFactory) -> BridgedLab:
+    """The same with appservice-mode encryption (to-device messages, device lists and key
+    counts in transactions, devices made with MSC4190); started by the first test using it."""
+    await (await _admin()).close()
+    lab = await start_bridged_lab(tmp_path_factory.mktemp("bridged_appservice"), ADMIN_DSN,
+                                  f"stranger_e2e_as_{uuid.uuid4().hex[:8]}",
+                                  **{"bridge.invite_timeout": 15,
+                                     "bridge.matching.fallback_after": 3,
+                                     "bridge.encryption.appservice": True})
+    try:
+        yield lab
+    finally:
+        await lab.shutdown(ADMIN_DSN)
+
+
+def in_both_encryption_modes(request: pytest.FixtureRequest, classic: BridgedLab) -> BridgedLab:
+    """For a module's `bridged` override (module scope, so it outlives each test's cleanup)
+    with params ["classic", "appservice"]: the lab of that mode, so each of its tests runs
+    once per mode."""
+    return classic if request.param == "classic" else request.getfixturevalue("bridged_appservice")
+
+
 @pytest_asyncio.fixture(autouse=True)
 async def _empty_queue_between_tests(request: pytest.FixtureRequest):
     """Tests share one bridge: users a test left waiting must not be matched in the next."""

@@ -12,10 +12,16 @@ import signal
 import pytest
 
 from bridge.lab.bridged import BridgedLab
+from tests.e2e.conftest import in_both_encryption_modes
 from bridge.lab.client import LabClient
 from tests.e2e.anonymity import identifiers_of, leaks
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module", params=["classic", "appservice"])
+def bridged(request: pytest.FixtureRequest, bridged: BridgedLab) -> BridgedLab:
+    return in_both_encryption_modes(request, bridged)
 
 
 async def encrypted_user(lab: BridgedLab, hs: int, name: str) -> tuple[LabClient, str]:

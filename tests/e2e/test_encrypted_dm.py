@@ -10,9 +10,15 @@ import signal
 import pytest
 
 from bridge.lab.bridged import BridgedLab
+from tests.e2e.conftest import in_both_encryption_modes
 from bridge.lab.client import LabClient
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module", params=["classic", "appservice"])
+def bridged(request: pytest.FixtureRequest, bridged: BridgedLab) -> BridgedLab:
+    return in_both_encryption_modes(request, bridged)
 
 
 async def bot_devices(client: LabClient, bot_id: str) -> dict:

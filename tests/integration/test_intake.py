@@ -33,11 +33,12 @@ class Recorder:
         self.calls.append(room_ids)
 
 
-async def make_client(pool, recorder) -> TestClient:
+async def make_client(pool, recorder, on_device_events=None) -> TestClient:
     appservice = IntakeAppService(
         server="http://127.0.0.1:1", domain="example.org", as_token="as-token-" + "a" * 32,
         hs_token=HS_TOKEN, bot_localpart="strangerbot", id="strangerbridge",
         state_store=TrimmedStateStore(), pool=pool, on_recorded=recorder)
+    appservice.on_device_events = on_device_events
     client = TestClient(TestServer(appservice.app))
     await client.start_server()
     return client
@@ -269,3 +270,47 @@ async def test_database_unavailable_asks_for_a_retry(database_uri, recorder):
         assert recorder.calls == [{"!room:example.org"}]
     finally:
         await pool.close()
+
+
+
+DEVICE_BODY = {"events": [event("$1")],
+               "de.sorunome.msc2409.to_device": [{"type": "m.room.encrypted"}]}
+
+
+async def test_device_events_are_handled_before_the_events_are_recorded(pool, recorder):
+    seen: list[tuple[dict, list[str]]] = []
+
+    async def on_device_events(body: dict) -> None:
+        seen.append((body, await stored(pool)))
+
+    client = await make_client(pool, recorder, on_device_events)
+    try:
+        assert (await put(client, "t1", DEVICE_BODY)).status == 200
+    finally:
+        await client.close()
+    assert seen == [(DEVICE_BODY, [])]  # first, with the whole body
+    assert await stored(pool) == ["$1"]
+
+
+async def test_device_events_failing_for_now_ask_for_a_retry_and_record_nothing(pool, recorder):
+    async def on_device_events(body: dict) -> None:
+        raise ConnectionRefusedError("database away")  # the room key could not be stored
+
+    client = await make_client(pool, recorder, on_device_events)
+    try:
+        await assert_error(await put(client, "t1", DEVICE_BODY), 503, "M_UNKNOWN")
+    finally:
+        await client.close()
+    assert await stored(pool) == [] and recorder.calls == []
+
+
+async def test_a_bug_in_device_events_does_not_block_the_room_events(pool, recorder):
+    async def on_device_events(body: dict) -> None:
+        raise KeyError("a bug")  # retrying would fail the same way, for ever
+
+    client = await make_client(pool, recorder, on_device_events)
+    try:
+        assert (await put(client, "t1", DEVICE_BODY)).status == 200
+    finally:
+        await client.close()
+    assert await stored(pool) == ["$1"]

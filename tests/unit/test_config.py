@@ -249,3 +249,23 @@ def test_cli_missing_config_file(tmp_path):
     result = run_cli("-c", str(tmp_path / "nope.yaml"), cwd=tmp_path)
     assert result.returncode != 0
     assert "nope.yaml" in result.stderr
+
+
+ENCRYPTION_FLAGS = ("receive_ephemeral", "de.sorunome.msc2409.push_ephemeral",
+                    "org.matrix.msc3202", "io.element.msc4190")
+
+
+@pytest.mark.parametrize("encryption, flagged", [
+    ({"appservice": True}, True),
+    ({"appservice": False}, False),
+    ({"appservice": True, "allow": False}, False),  # no encryption: nothing to ask for
+])
+def test_registration_has_the_flags_appservice_mode_needs(tmp_path, encryption, flagged):
+    config_path = write_yaml(tmp_path / "config.yaml", {
+        "homeserver": {"domain": "chat.example.net"}, "bridge": {"encryption": encryption}})
+    registration_path = tmp_path / "registration.yaml"
+    result = run_cli("-g", "-c", str(config_path), "-r", str(registration_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    reg = YAML().load(registration_path.read_text())
+    assert {flag: reg.get(flag) for flag in ENCRYPTION_FLAGS} == {
+        flag: (True if flagged else None) for flag in ENCRYPTION_FLAGS}

@@ -51,7 +51,7 @@ def test_encryption_default_values(tmp_path, value):
 @pytest.mark.parametrize("key, value", [
     ("allow", "yes"), ("require", 1), ("self_sign", "maybe"), ("allow_key_sharing", "no"),
     ("default", "sometimes"), ("default", 1), ("pickle_key", "short"), ("pickle_key", ""),
-    ("appservice", True),  # not supported yet: refused with a clear message
+    ("appservice", "on"),
 ])
 def test_invalid_encryption_value_names_its_key(tmp_path, key, value):
     assert_invalid(tmp_path, valid(bridge={"encryption": {key: value}}),

@@ -1,0 +1,119 @@
+"""Appservice-mode encryption: what a transaction carries for our devices, to each device.
+
+With `bridge.encryption.appservice: true` the homeserver puts into each transaction the
+to-device messages for our users' devices (MSC2409/MSC4203: room keys, key requests), the
+users whose device lists changed and our devices' one-time key counts (MSC3202). A
+to-device message is sent once and dropped by the homeserver when the transaction is
+acknowledged, so everything here is handled (room keys stored) BEFORE the transaction is
+answered; a failure worth retrying fails the transaction, and the homeserver sends it again.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable
+
+from mautrix.client.syncer import SyncStream
+from mautrix.types import ToDeviceEvent
+
+from bridge.crypto import Crypto
+from bridge.dispatcher import is_transient
+from bridge.ghost_devices import GhostDevices
+
+log = logging.getLogger("bridge.device_events")
+
+# Unstable names first: Synapse sends only those today.
+TO_DEVICE_KEYS = ("de.sorunome.msc2409.to_device", "to_device")
+DEVICE_LISTS_KEYS = ("org.matrix.msc3202.device_lists", "device_lists")
+OTK_COUNT_KEYS = ("org.matrix.msc3202.device_one_time_keys_count", "device_one_time_keys_count")
+# How long a transaction may wait for encryption to finish starting before it is refused
+# (and then retried by the homeserver).
+READY_TIMEOUT = 60.0
+
+
+class NotReady(TimeoutError):  # transient, like any timeout: the homeserver retries
+    """Encryption is not running yet: the transaction must be retried later."""
+
+
+def _first(body: dict, keys: tuple[str, ...], kind: type):
+    """The field under its first name present, or an empty `kind` when absent or malformed."""
+    for key in keys:
+        if key in body:
+            return body[key] if isinstance(body[key], kind) else kind()
+    return kind()
+
+
+def _is_to_device(raw: object) -> bool:
+    return (isinstance(raw, dict) and isinstance(raw.get("content"), dict)
+            and all(isinstance(raw.get(k), str) and raw.get(k)
+                    for k in ("type", "sender", "to_user_id", "to_device_id")))
+
+
+def has_device_events(body: dict) -> bool:
+    return bool(_first(body, TO_DEVICE_KEYS, list) or _first(body, DEVICE_LISTS_KEYS, dict)
+                or _first(body, OTK_COUNT_KEYS, dict))
+
+
+class DeviceEvents:
+    def __init__(self) -> None:
+        self.bot: Crypto | None = None
+        self.ghosts: GhostDevices | None = None
+        self.ready = asyncio.Event()
+
+    def start(self, bot: Crypto, ghosts: GhostDevices) -> None:
+        self.bot, self.ghosts = bot, ghosts
+        self.ready.set()
+
+    async def find(self, user_id: str, device_id: str) -> Crypto | None:
+        """The device, or None for one we do not have (e.g. a ghost's deleted device)."""
+        if user_id == self.bot.client.mxid:
+            return self.bot if self.bot.device_id == device_id else None
+        return await self.ghosts.find(user_id, device_id)
+
+    async def handle(self, body: dict) -> None:
+        """Handle every device event of a transaction body, in order. Raises on failures
+        worth retrying (the database or homeserver away, encryption not started yet);
+        anything else bad is logged and skipped, so one bad message cannot wedge the
+        transaction for ever."""
+        if not has_device_events(body):
+            return
+        try:
+            await asyncio.wait_for(self.ready.wait(), READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise NotReady("encryption has not started") from None
+        changed = _first(body, DEVICE_LISTS_KEYS, dict).get("changed")
+        if isinstance(changed, list) and (users := [u for u in changed if isinstance(u, str)]):
+            await self._guard("device list changes", self.bot.handle_device_lists(users))
+        for raw in _first(body, TO_DEVICE_KEYS, list):
+            await self._to_device(raw)
+        for user_id, devices in _first(body, OTK_COUNT_KEYS, dict).items():
+            for device_id, count in devices.items() if isinstance(devices, dict) else ():
+                if isinstance(count, dict) and (device := await self.find(user_id, device_id)):
+                    await self._guard("one-time key count", device.handle_otk_count(count))
+
+    async def _to_device(self, raw: object) -> None:
+        if not _is_to_device(raw):
+            log.warning("Skipped a malformed to-device event")
+            return
+        device = await self.find(raw["to_user_id"], raw["to_device_id"])
+        if device is None:
+            log.debug("To-device %s for %s's device %s, which we do not have: dropped",
+                      raw["type"], raw["to_user_id"], raw["to_device_id"])
+            return
+        try:
+            evt = ToDeviceEvent.deserialize(raw)
+        except Exception:
+            log.warning("Skipped a malformed to-device event from %s", raw["sender"])
+            return
+        evt.source = SyncStream.TO_DEVICE
+        await self._guard(f"to-device {raw['type']} from {raw['sender']}",
+                          device.handle_to_device(evt))
+
+    @staticmethod
+    async def _guard(what: str, step: Awaitable) -> None:
+        try:
+            await step
+        except Exception as e:
+            if is_transient(e):
+                raise
+            log.warning("Could not handle %s: %s: %s", what, type(e).__name__, e)
