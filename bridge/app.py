@@ -102,9 +102,15 @@ class StrangerBridge:
         # Tell the homeserver we are up, so it re-sends what failed while we were away
         # now instead of on its backoff timer (in the background: readiness must not wait
         # on the homeserver's backoff).
-        self.background.spawn(self.recovery.ping(), "appservice ping")
+        self.background.spawn(self._after_ready(device_events), "appservice ping")
         self.appservice.ready = True
         log.info("Stranger Bridge is up as %s", c.bot_mxid)
+
+    async def _after_ready(self, device_events: DeviceEvents | None) -> None:
+        await self.recovery.ping()
+        if device_events is not None:  # after the ping: it marks us up in the homeserver
+            # A wrong registration or homeserver setting would otherwise fail silently.
+            await device_events.check_delivery()
 
     async def _prepare_bot(self) -> None:
         bot = self.appservice.intent

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import Awaitable
 
 from mautrix.client.syncer import SyncStream
-from mautrix.types import ToDeviceEvent
+from mautrix.types import EventType, ToDeviceEvent
 
 from bridge.crypto import Crypto
 from bridge.dispatcher import is_transient
@@ -29,6 +30,10 @@ OTK_COUNT_KEYS = ("org.matrix.msc3202.device_one_time_keys_count", "device_one_t
 # How long a transaction may wait for encryption to finish starting before it is refused
 # (and then retried by the homeserver).
 READY_TIMEOUT = 60.0
+# A to-device message the bot sends its own device at start, to see that the homeserver
+# really delivers them to us (registration flags and homeserver settings right).
+DELIVERY_CHECK = EventType.find("org.strangerbridge.delivery_check", EventType.Class.TO_DEVICE)
+DELIVERY_CHECK_TIMEOUT = 30.0
 
 
 class NotReady(TimeoutError):  # transient, like any timeout: the homeserver retries
@@ -59,6 +64,7 @@ class DeviceEvents:
         self.bot: Crypto | None = None
         self.ghosts: GhostDevices | None = None
         self.ready = asyncio.Event()
+        self._checks: dict[str, asyncio.Future] = {}
 
     def start(self, bot: Crypto, ghosts: GhostDevices) -> None:
         self.bot, self.ghosts = bot, ghosts
@@ -91,9 +97,37 @@ class DeviceEvents:
                 if isinstance(count, dict) and (device := await self.find(user_id, device_id)):
                     await self._guard("one-time key count", device.handle_otk_count(count))
 
+    async def check_delivery(self, timeout: float = DELIVERY_CHECK_TIMEOUT) -> bool:
+        """Send the bot's device a to-device message and wait for it to come back in a
+        transaction; False (and an error saying what to fix) when it does not."""
+        nonce = secrets.token_hex(16)
+        arrived = self._checks[nonce] = asyncio.get_running_loop().create_future()
+        try:
+            await self.bot.client.send_to_device(DELIVERY_CHECK, {
+                self.bot.client.mxid: {self.bot.device_id: {"nonce": nonce}}})
+            await asyncio.wait_for(arrived, timeout)
+            log.info("Appservice-mode encryption: the homeserver delivers to-device messages")
+            return True
+        except asyncio.TimeoutError:
+            log.error(
+                "Appservice-mode encryption is on (bridge.encryption.appservice: true) but no "
+                "to-device message reached the bridge within %.0fs: encrypted rooms will not "
+                "decrypt. The registration needs receive_ephemeral (or "
+                "de.sorunome.msc2409.push_ephemeral), org.matrix.msc3202 and "
+                "io.element.msc4190 (run -g again) and Synapse needs experimental_features "
+                "msc2409_to_device_messages_enabled and msc3202_transaction_extensions; or set "
+                "bridge.encryption.appservice: false", timeout)
+            return False
+        finally:
+            self._checks.pop(nonce, None)
+
     async def _to_device(self, raw: object) -> None:
         if not _is_to_device(raw):
             log.warning("Skipped a malformed to-device event")
+            return
+        if raw["type"] == DELIVERY_CHECK.t and raw["sender"] == self.bot.client.mxid:
+            if (check := self._checks.get(raw["content"].get("nonce"))) and not check.done():
+                check.set_result(None)
             return
         device = await self.find(raw["to_user_id"], raw["to_device_id"])
         if device is None:

@@ -97,6 +97,24 @@ class BridgeProcess:
         await self.stop(sig)
         await self.start()
 
+    def log_mark(self) -> int:
+        """Where the log ends now: wait_for_log(since=...) looks only after it."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    async def wait_for_log(self, text: str, since: int = 0, timeout: float = 60) -> str:
+        """The first log line after `since` containing `text`, as soon as it is written."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            with self.log_path.open("rb") as f:
+                f.seek(since)
+                for line in f.read().decode(errors="replace").splitlines():
+                    if text in line:
+                        return line
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"no log line with {text!r} after {timeout}s:\n"
+                                   f"{self.log_tail()}")
+            await asyncio.sleep(0.1)  # the file has no change notification to wait on
+
     def log_tail(self, lines: int = 80) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

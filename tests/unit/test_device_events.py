@@ -106,3 +106,33 @@ async def test_device_events_wait_for_encryption_to_start():
     events.start(bot, FakeGhosts())
     await asyncio.wait_for(waiting, 5)
     assert bot.got == [("to_device", "@alice:hs2")]
+
+
+class LoopbackClient:
+    """Sends the bot's to-device messages straight back as a transaction would (or drops
+    them, as a homeserver without appservice to-device delivery does)."""
+
+    def __init__(self, mxid: str, deliver: bool) -> None:
+        self.mxid, self.deliver = mxid, deliver
+        self.events: DeviceEvents | None = None
+
+    async def send_to_device(self, event_type, messages) -> None:
+        if self.deliver:
+            raw = [{"type": str(event_type), "sender": self.mxid, "to_user_id": user,
+                    "to_device_id": device, "content": content}
+                   for user, devices in messages.items() for device, content in devices.items()]
+            asyncio.get_running_loop().create_task(
+                self.events.handle({"de.sorunome.msc2409.to_device": raw}))
+
+
+@pytest.mark.parametrize("delivered", [True, False])
+async def test_delivery_check_sees_whether_to_device_messages_arrive(delivered, caplog):
+    bot = FakeDevice(BOT, "BOTDEV")
+    bot.client = LoopbackClient(BOT, deliver=delivered)
+    events = started(bot)
+    bot.client.events = events
+    # Delivered: it returns as soon as the message is back (the timeout is only an upper
+    # bound); not delivered: it gives up after the (short) timeout and says what to fix.
+    assert await events.check_delivery(timeout=5 if delivered else 0.2) is delivered
+    assert bot.got == []  # the check message is not handed to the device
+    assert ("io.element.msc4190" in caplog.text) is (not delivered)
