@@ -69,6 +69,12 @@ async def test_both_encrypted_messages_decrypt_both_ways_and_after_a_restart(bri
         keys = await keys_of(viewer, ghost)
         devices = keys["device_keys"].get(ghost, {})
         assert len(devices) == 1, devices
+        # Cross-signed by the ghost's own keys (strict clients hide unsigned devices).
+        (device,) = devices.values()
+        (ssk,) = keys["self_signing_keys"][ghost]["keys"]
+        assert ssk in device["signatures"][ghost], "the ghost's device is not cross-signed"
+        (master,) = keys["master_keys"][ghost]["keys"]
+        assert master in keys["self_signing_keys"][ghost]["signatures"][ghost]
         scanned = json.dumps(keys)
         for label, value in identifiers_of(hidden).items():
             if label == "server name" and value == bridged.bridge_domain:
