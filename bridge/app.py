@@ -10,7 +10,7 @@ from mautrix.errors import MatrixError
 from bridge.background import Background
 from bridge.commands import Commands
 from bridge.config import Config
-from bridge.crypto import Crypto, crypto_database
+from bridge.crypto import Crypto, crypto_database, prune_expired_keys
 from bridge.database import open_database
 from bridge.device_events import DeviceEvents
 from bridge.dispatcher import Dispatcher
@@ -97,7 +97,7 @@ class StrangerBridge:
         await self.pairing.resume()
         self._loops = [self.background.spawn(self.pairing.run_invite_timer(), "invite timer"),
                        self.background.spawn(self.pairing.run_match_timer(), "match timer"),
-                       self.background.spawn(self._prune_inbox(), "inbox pruning"),
+                       self.background.spawn(self._prune(), "pruning"),
                        self.background.spawn(self.recovery.run(), "recovery")]
         # Tell the homeserver we are up, so it re-sends what failed while we were away
         # now instead of on its backoff timer (in the background: readiness must not wait
@@ -139,12 +139,16 @@ class StrangerBridge:
             self.appservice.intent.api.children.pop(ghost_id, None)
             forget_user_logger(self.appservice.intent.api.base_log, ghost_id)
 
-    async def _prune_inbox(self) -> None:
+    async def _prune(self) -> None:
+        """Hourly: handled events' bodies past retention, and the bot's expired room keys
+        (a ghost's keys go with its device, when its conversation ends)."""
         while True:
             try:
                 await inbox.prune(self.pool, INBOX_RETENTION_SECONDS)
+                if self.crypto is not None:
+                    await prune_expired_keys(self.crypto.store)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                log.warning("Inbox pruning failed: %s", e)
+                log.warning("Pruning failed: %s", e)
             await asyncio.sleep(3600)
 
     async def stop(self) -> None:

@@ -109,6 +109,37 @@ def crypto_database(config: Config) -> Database:
         db_args={"min_size": 1, "max_size": 8}, log=logging.getLogger("mau.crypto.db"))
 
 
+async def delete_account(db: Database, user_id: str) -> None:
+    """Everything the crypto store holds of a device that is gone for good (a ghost's, when
+    its conversation ended): mautrix's own delete() keeps the inbound room keys (which would
+    still decrypt what the user wrote), their message indexes and the cross-signing keys."""
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """DELETE FROM crypto_message_index WHERE session_id IN
+               (SELECT session_id FROM crypto_megolm_inbound_session WHERE account_id = $1)""",
+            user_id)
+        for table in ("crypto_megolm_inbound_session", "crypto_megolm_outbound_session",
+                      "crypto_olm_session", "crypto_account"):
+            await conn.execute(f"DELETE FROM {table} WHERE account_id = $1", user_id)
+        await conn.execute("DELETE FROM crypto_cross_signing_keys WHERE user_id = $1", user_id)
+        await conn.execute("""DELETE FROM crypto_cross_signing_signatures
+                              WHERE signed_user_id = $1 OR signer_user_id = $1""", user_id)
+        await conn.execute("DELETE FROM crypto_device WHERE user_id = $1", user_id)
+
+
+async def prune_expired_keys(store: PgCryptoStore) -> int:
+    """Drop the room keys of a device that have outlived their room's rotation period twice
+    over (mautrix's redaction: the key is deleted, a note that it was stays), and the
+    replay-protection indexes of messages under keys no device holds any more. Returns how
+    many keys were dropped."""
+    redacted = await store.redact_expired_group_sessions()
+    await store.db.execute(
+        """DELETE FROM crypto_message_index AS mi WHERE NOT EXISTS
+           (SELECT 1 FROM crypto_megolm_inbound_session AS s
+            WHERE s.session_id = mi.session_id AND s.session IS NOT NULL)""")
+    return len(redacted)
+
+
 class Crypto:
     """One device: the bot's (DMs), or a ghost's (its relay room, for one conversation)."""
 
@@ -227,7 +258,7 @@ class Crypto:
                     await self.client.logout()  # deletes the device it was made for
             except Exception as e:
                 log.warning("Could not delete %s's device: %s", self.client.mxid, e)
-            await self.store.delete()
+            await delete_account(self.store.db, self.client.mxid)
         await self.store.close()
 
     async def _catch_up(self, filter_id: str) -> None:
