@@ -49,6 +49,8 @@ log = logging.getLogger("bridge.crypto")
 DEVICE_NAME = "Stranger Bridge"
 # A room key often arrives a moment after its event (to-device messages take another path).
 KEY_WAIT_SECONDS = 10.0
+# How long of that before the sender's device is asked for the key (see _wait_for_key).
+KEY_REQUEST_AFTER = 2.0
 # A homeserver sends at most ~100 to-device messages per /sync: enough for any backlog.
 MAX_CATCH_UP_SYNCS = 50
 # No rooms, no presence, no account data: to-device, device lists and OTK counts remain.
@@ -375,7 +377,7 @@ class Crypto:
             try:
                 result = await self.machine.decrypt_megolm_event(evt)
             except SessionNotFound as e:
-                if not await self.machine.wait_for_session(evt.room_id, e.session_id, timeout):
+                if not await self._wait_for_key(evt, e.session_id, timeout):
                     return None
                 result = await self.machine.decrypt_megolm_event(evt)
         except SessionNotFound:
@@ -390,6 +392,21 @@ class Crypto:
             raise Undecryptable(f"sender device trust {trust} is below the configured minimum")
         content = result.content.serialize()  # SerializableAttrs or Obj: both serialize
         return {**event, "type": str(result.type), "content": content}
+
+    async def _wait_for_key(self, evt: EncryptedEvent, session_id: str, timeout: float) -> bool:
+        """A key usually comes a moment after its message. When it does not, ask the sender's
+        device for it: if its to-device message was lost on the way, clients such as
+        Element's send a key again to a device they had shared it with. Then wait the rest."""
+        first = min(KEY_REQUEST_AFTER, timeout)
+        if await self.machine.wait_for_session(evt.room_id, session_id, first):
+            return True
+        try:
+            await self.machine.request_room_key(
+                evt.room_id, evt.content.sender_key, session_id,
+                {evt.sender: [evt.content.device_id or "*"]}, timeout=0)  # 0: do not wait here
+        except Exception as e:  # best effort: the wait below still works without it
+            log.warning("Could not request the key of a message in %s: %s", evt.room_id, e)
+        return await self.machine.wait_for_session(evt.room_id, session_id, timeout - first)
 
     async def encrypt(self, room_id: str, event_type: str, content: dict,
                       intent: IntentAPI | None = None) -> tuple[str, dict]:

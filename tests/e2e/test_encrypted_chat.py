@@ -131,3 +131,46 @@ async def keys_gone_from_store(lab: BridgedLab, ghosts: list[str], timeout: floa
     while left := await key_rows(lab, ghosts):
         assert asyncio.get_running_loop().time() < deadline, f"{left} key rows left"
         await asyncio.sleep(0.1)  # the store has no change notification to wait on
+
+
+async def test_mixed_each_room_follows_its_users_dm(bridged: BridgedLab):
+    carol, carol_dm = await encrypted_user(bridged, 1, "Carol")
+    dave, dave_dm = await bridged.ready_user(0, "Dave")  # a client without crypto, plain DM
+    carol_room, dave_room = await bridged.pair(carol, carol_dm, dave, dave_dm)
+    assert room_is_encrypted(carol, carol_room)
+    assert not room_is_encrypted(dave, dave_room)
+
+    await carol.send_text(carol_room, "from the encrypted side")
+    got = await dave.wait_for_message(dave_room, "from the encrypted side")
+    assert got.raw_type == "m.room.message"  # plain for the client that cannot decrypt
+    await dave.send_text(dave_room, "from the plain side")
+    got = await carol.wait_for_message(carol_room, "from the plain side")
+    assert got.raw_type == "m.room.encrypted"
+    assert undecryptable(carol, carol_room) == []
+
+
+async def test_an_undecryptable_message_is_reported_not_relayed(bridged: BridgedLab):
+    erin, erin_dm = await encrypted_user(bridged, 0, "Erin")
+    fred, fred_dm = await encrypted_user(bridged, 1, "Fred")
+    erin_room, fred_room = await bridged.pair(erin, erin_dm, fred, fred_dm)
+    await erin.send_text(erin_room, "first, readable")
+    await fred.wait_for_message(fred_room, "first, readable")
+
+    # A message whose key the sender never shares (garbage under a known session).
+    session_id = erin.nio.olm.outbound_group_sessions[erin_room].id
+    curve = erin.nio.olm.account.identity_keys["curve25519"]
+    mark, fred_mark = erin.mark(), fred.mark()
+    await erin.api("PUT", f"/_matrix/client/v3/rooms/{erin_room}/send/m.room.encrypted/bad1", {
+        "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEnAKCGdhcmJhZ2U",
+        "session_id": session_id, "sender_key": curve, "device_id": erin.nio.device_id})
+    told = await erin.wait_for_event(
+        lambda s: s.room_id == erin_room and "could not be delivered" in (s.body or ""),
+        since=mark, description="undeliverable notice")
+    assert told.raw_type == "m.room.encrypted"
+    # The bridge keeps going; nothing garbled reached fred, only the next real message.
+    await erin.send_text(erin_room, "second, readable")
+    await fred.wait_for_message(fred_room, "second, readable", since=fred_mark)
+    after = [s for s in fred.log[fred_mark:] if s.room_id == fred_room
+             and s.type in ("m.room.message", "m.room.encrypted")]
+    assert [s.body for s in after] == ["second, readable"]
+    assert undecryptable(fred, fred_room) == []
