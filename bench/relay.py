@@ -5,10 +5,12 @@ Starts two federating Synapses on loopback with the real bridge on the first, pa
 from the send call until bob's sync delivers it). The direct DM between the same two
 users on the same homeservers is the baseline.
 
-    python bench/relay.py [-n 200] [--encrypted] [--json FILE]
+    python bench/relay.py [-n 200] [--encrypted [--appservice-mode]] [--json FILE]
 
 --encrypted: both users have E2EE clients and encrypted DMs with the bot, so both chat
 rooms are encrypted (each ghost with its own device), and the direct DM is encrypted too.
+--appservice-mode: the bridge runs bridge.encryption.appservice: true (keys through the
+appservice transactions instead of each device's /sync).
 
 Needs PostgreSQL (STRANGER_TEST_PG, default postgresql://postgres@127.0.0.1:5432/postgres).
 """
@@ -63,11 +65,13 @@ async def ready(lab, hs: int, name: str, encrypted: bool):
     return client, dm
 
 
-async def main(count: int, json_path: str | None, encrypted: bool = False) -> dict:
+async def main(count: int, json_path: str | None, encrypted: bool = False,
+               appservice_mode: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as root:
         db = f"stranger_bench_{uuid.uuid4().hex[:8]}"
         lab = await start_bridged_lab(Path(root), ADMIN_DSN, db,
-                                      **{"logging.level": "WARNING"})
+                                      **{"logging.level": "WARNING",
+                                         "bridge.encryption.appservice": appservice_mode})
         try:
             alice, alice_dm = await ready(lab, 0, "Alice", encrypted)
             bob, bob_dm = await ready(lab, 1, "Bob", encrypted)
@@ -82,7 +86,7 @@ async def main(count: int, json_path: str | None, encrypted: bool = False) -> di
             direct = await measure(alice, direct_room, bob, direct_room, count, "direct")
         finally:
             await lab.shutdown(ADMIN_DSN)
-    result = {"encrypted": encrypted, "bridge": summary(bridge), "direct": summary(direct)}
+    result = {"encrypted": encrypted, "appservice_mode": appservice_mode, "bridge": summary(bridge), "direct": summary(direct)}
     result["ratio_median"] = round(result["bridge"]["median_ms"] / result["direct"]["median_ms"], 2)
     print(f"{'path':<8} {'n':>5} {'median ms':>10} {'p95 ms':>8}")
     for path in ("bridge", "direct"):
@@ -100,6 +104,8 @@ if __name__ == "__main__":
     parser.add_argument("-n", "--messages", type=int, default=200)
     parser.add_argument("--encrypted", action="store_true",
                         help="encrypted clients, DMs and chat rooms")
+    parser.add_argument("--appservice-mode", action="store_true",
+                        help="bridge.encryption.appservice: true")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
-    asyncio.run(main(args.messages, args.json, args.encrypted))
+    asyncio.run(main(args.messages, args.json, args.encrypted, args.appservice_mode))
