@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -158,26 +159,34 @@ async def cross_sign(receiver: Crypto, sender: Crypto) -> None:
                               self_signing.sign(signing_key))
 
 
-async def share_session(sender: Crypto, room: str, *receivers: Crypto) -> str:
+@dataclass
+class RoomKey:
+    """What an m.room_key to-device message carries (the key at its first message index)."""
+    room_id: str
+    session_id: str
+    session_key: str
+    max_messages: int
+    max_age_ms: int
+
+
+async def share_session(sender: Crypto, room: str, *receivers: Crypto) -> RoomKey:
     """A new outbound megolm session for `room` on the sender, its key given to each receiver
-    as mautrix stores a received m.room_key. Returns the session ID."""
-    machine = sender.machine
-    session = await machine._new_outbound_group_session(room)  # + the sender's inbound copy
+    (give_key: as mautrix stores a received m.room_key)."""
+    session = await sender.machine._new_outbound_group_session(room)  # + the sender's copy
     session.shared = True
     await sender.store.add_outbound_group_session(session)
+    key = RoomKey(room, session.id, session.session_key, session.max_messages,
+                  int(session.max_age.total_seconds() * 1000))
     for receiver in receivers:
-        await give_session_key(receiver, sender, room, session.id, session.session_key,
-                               session.max_messages,
-                               int(session.max_age.total_seconds() * 1000))
-    return session.id
+        await give_key(receiver, sender, key)
+    return key
 
 
-async def give_session_key(receiver: Crypto, sender: Crypto, room: str, session_id: str,
-                           session_key: str, max_messages: int, max_age_ms: int) -> None:
+async def give_key(receiver: Crypto, sender: Crypto, key: RoomKey) -> None:
     account = sender.machine.account
     await receiver.machine._create_group_session(
-        account.identity_key, account.signing_key, room, session_id, session_key,
-        max_age=max_age_ms, max_messages=max_messages)
+        account.identity_key, account.signing_key, key.room_id, key.session_id,
+        key.session_key, max_age=key.max_age_ms, max_messages=key.max_messages)
 
 
 def encrypted_event(room: str, sender: str, content: dict, event_id: str | None = None,
