@@ -28,7 +28,7 @@ import asyncpg
 from mautrix.appservice import AppService, IntentAPI
 from mautrix.client import Client
 from mautrix.client.syncer import SyncStream
-from mautrix.crypto import OlmMachine, PgCryptoStore, RejectKeyShare, StateStore
+from mautrix.crypto import PgCryptoStore, RejectKeyShare, StateStore
 from mautrix.crypto.cross_signing_key import CrossSigningSeeds
 from mautrix.errors import (DecryptionError, EncryptionError, MatrixRequestError, MForbidden,
                             MNotFound, MUnknownToken, SessionNotFound)
@@ -41,6 +41,7 @@ from mautrix.util.async_db import Database
 
 from bridge.config import Config
 from bridge.dispatcher import is_transient
+from bridge.olm import POOL_ARGS, BridgeCryptoStore, BridgeOlmMachine
 from bridge.state_store import TrimmedStateStore
 from bridge.store import conversations, users
 
@@ -108,7 +109,8 @@ def crypto_database(config: Config) -> Database:
     module docstring); start() runs mautrix's crypto store migrations (crypto_version)."""
     return Database.create(
         config["database.uri"], upgrade_table=PgCryptoStore.upgrade_table,
-        db_args={"min_size": 1, "max_size": 8}, log=logging.getLogger("mau.crypto.db"))
+        db_args={"min_size": 1, "max_size": 8, **POOL_ARGS},
+        log=logging.getLogger("mau.crypto.db"))
 
 
 async def delete_account(db: Database, user_id: str) -> None:
@@ -152,13 +154,14 @@ class Crypto:
         intent = intent or appservice.intent
         self.intent, self.device_name = intent, device_name
         self.rooms = RoomStates(state_store, intent, pool)
-        self.store = PgCryptoStore(intent.mxid, config["bridge.encryption.pickle_key"], db)
+        self.store = BridgeCryptoStore(intent.mxid, config["bridge.encryption.pickle_key"], db)
         self.client = Client(mxid=intent.mxid, base_url=config["homeserver.address"],
                              client_session=appservice.http_session, state_store=state_store,
                              log=logging.getLogger("mau.crypto.client"), default_retry_count=4)
-        self.machine = OlmMachine(self.client, self.store, self.rooms)
+        self.machine = BridgeOlmMachine(self.client, self.store, self.rooms)
         levels = config["bridge.encryption.verification_levels"]
         self.min_receive_trust = TrustState.parse(levels["receive"])
+        self.machine.min_receive_trust = self.min_receive_trust
         self.machine.send_keys_min_trust = TrustState.parse(levels["send"])
         self.machine.share_keys_min_trust = TrustState.parse(levels["share"])
         self.machine.allow_key_share = self._allow_key_share

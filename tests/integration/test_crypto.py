@@ -13,6 +13,7 @@ from mautrix.crypto import PgCryptoStore
 from mautrix.errors import EncryptionError
 from mautrix.types import EventType, TrustState
 
+from bridge import olm as bridge_olm
 from bridge.crypto import Undecryptable
 from bridge.lab import cryptopair as cp
 from bridge.state_store import TrimmedStateStore
@@ -67,6 +68,25 @@ async def ratchet_safety(db, receiver, session_id: str) -> dict:
         "SELECT ratchet_safety FROM crypto_megolm_inbound_session "
         "WHERE account_id=$1 AND session_id=$2", receiver.client.mxid, session_id)
     return json.loads(value)
+
+
+async def test_relays_with_one_round_trip_each_way(lab):
+    lab = await lab()
+    sender, receiver, room, _ = await lab.pair()
+    for i in range(3):  # the first message reads the session and the device keys
+        event = await send(sender, room, f"warm {i}")
+        assert (await receiver.decrypt(event))["content"]["body"] == f"warm {i}"
+    before = cp.round_trips()
+    _, content = await sender.encrypt(room, "m.room.message", cp.text("hello"))
+    middle = cp.round_trips()
+    decrypted = await receiver.decrypt(cp.encrypted_event(room, sender.client.mxid, content))
+    after = cp.round_trips()
+    assert decrypted["type"] == "m.room.message"
+    assert decrypted["content"] == cp.text("hello")
+    assert decrypted["sender"] == sender.client.mxid
+    # Before bridge/olm.py: 4 and 14 (with the pool's reset on every release).
+    assert middle - before == 1
+    assert after - middle == 1
 
 
 async def test_replayed_index_with_another_event_id_is_refused(lab):
@@ -231,3 +251,21 @@ async def test_outbound_session_not_stored_is_read_back(lab, monkeypatch):
     # Read back as stored: the index of the message never sent is used again, harmlessly.
     assert (await receiver.decrypt(await send(sender, room, "second")))["content"]["body"] \
         == "second"
+
+
+async def test_sessions_leaving_the_cache_keep_their_bookkeeping(lab, monkeypatch):
+    monkeypatch.setattr(bridge_olm, "MAX_CACHED_SESSIONS", 1)
+    lab = await lab()
+    sender, receiver, room, first = await lab.pair()
+    other_room = cp.room_id()
+    await cp.encrypted_room(lab.state_store, other_room)
+    second = await cp.share_session(sender, other_room, receiver)
+    for i in range(3):  # each session pushes the other out of the one-entry cache
+        for target in (room, other_room):
+            event = await send(sender, target, f"{target} {i}")
+            assert (await receiver.decrypt(event))["content"]["body"] == f"{target} {i}"
+    assert len(receiver.store._inbound) == 1
+    # The evicted session's bookkeeping was written as it left; the cached one's on stop.
+    assert (await ratchet_safety(lab.db, receiver, first.session_id))["next_index"] == 3
+    await receiver.stop()
+    assert (await ratchet_safety(lab.db, receiver, second.session_id))["next_index"] == 3
