@@ -269,3 +269,14 @@ async def test_sessions_leaving_the_cache_keep_their_bookkeeping(lab, monkeypatc
     assert (await ratchet_safety(lab.db, receiver, first.session_id))["next_index"] == 3
     await receiver.stop()
     assert (await ratchet_safety(lab.db, receiver, second.session_id))["next_index"] == 3
+
+
+async def test_crypto_pool_still_rolls_back_what_was_left_open(lab):
+    # bridge/olm.py's pool reset skips asyncpg's reset query, not its rollback.
+    lab = await lab()
+    async with lab.db.pool.acquire() as conn:
+        raw = conn._con
+        await conn.execute("BEGIN")
+        await conn.execute("SELECT 1")
+        assert raw.is_in_transaction()
+    assert not raw.is_in_transaction()
