@@ -56,9 +56,11 @@ POOL_ARGS = {"reset": keep_session_state}
 
 
 class _Devices:
-    """Device keys by (user, identity key), for every store on one database: every write to
-    crypto_device goes through some BridgeCryptoStore.put_devices in this process (the
-    table has no account column: the bot's and the ghosts' devices share it)."""
+    """Device keys by (user, identity key), for every store on one database (the table has no
+    account column: the bot's and the ghosts' devices share it). Every write to crypto_device
+    in this process goes through some BridgeCryptoStore.put_devices, except delete_account
+    (bridge/crypto.py) deleting a ghost's own device keys as its device goes for good, which
+    closes its store after: BridgeCryptoStore.close forgets them."""
 
     def __init__(self) -> None:
         self.users: OrderedDict[str, dict[str, DeviceIdentity]] = OrderedDict()
@@ -134,6 +136,15 @@ class BridgeCryptoStore(PgCryptoStore):
         """Write the ratchet bookkeeping still held back (Crypto.stop closes the store)."""
         for session_id, entry in list(self._inbound.items()):
             await self._write_bookkeeping(session_id, entry)
+
+    async def close(self) -> None:
+        """Flush, then forget the cached copies: the device stops, or is gone for good
+        (Crypto.stop(forget=True) deletes its rows with delete_account, bypassing the store,
+        its own user's device keys included)."""
+        await super().close()
+        self._forget_inbound(*self._inbound)
+        self._forget_outbound(*self._outbound)
+        self._devices.forget(self.account_id)
 
     # -- inbound megolm sessions -------------------------------------------------------------
     # mautrix writes a session back after every decryption (_ratchet_session), only to record

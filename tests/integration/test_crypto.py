@@ -280,3 +280,23 @@ async def test_crypto_pool_still_rolls_back_what_was_left_open(lab):
         await conn.execute("SELECT 1")
         assert raw.is_in_transaction()
     assert not raw.is_in_transaction()
+
+
+async def test_device_gone_for_good_leaves_nothing_cached(lab):
+    lab = await lab()
+    sender, receiver, room, _ = await lab.pair()
+    assert (await receiver.decrypt(await send(sender, room, "to ghost")))["content"]["body"] \
+        == "to ghost"
+    # The other way too, so the sender's side caches the ghost's device keys.
+    await cp.learn_device(sender, receiver)
+    await cp.share_session(receiver, room, sender)
+    assert (await sender.decrypt(await send(receiver, room, "from ghost")))["content"]["body"] \
+        == "from ghost"
+    assert receiver.client.mxid in sender.store._devices.users
+    # The conversation ends: its device is deleted (the homeserver is not reachable here,
+    # which stop() logs and goes on), and its rows with it, behind the stores' backs.
+    await receiver.stop(forget=True)
+    assert not await lab.db.fetchval("SELECT count(*) FROM crypto_device WHERE user_id=$1",
+                                     receiver.client.mxid)
+    assert receiver.client.mxid not in sender.store._devices.users
+    assert not receiver.store._inbound and not receiver.store._outbound
