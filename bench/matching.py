@@ -109,6 +109,7 @@ def bench_config(uri: str):
 
 async def play(uri: str, index: int, concurrency: int, seconds: float, start_at: float,
                players: int) -> dict:
+    from bridge.database import connect
     from bridge.matchmaker import Matchmaker
     from bridge.store import queue
 
@@ -116,7 +117,7 @@ async def play(uri: str, index: int, concurrency: int, seconds: float, start_at:
         nonlocal matches
         matches += 1  # (the bridge would open the rooms now)
 
-    pool = await asyncpg.create_pool(uri, min_size=concurrency, max_size=concurrency)
+    pool = await connect(uri, min_size=concurrency, max_size=concurrency)  # the bridge's pool
     matchmaker = Matchmaker(pool, bench_config(uri), matched)
     newcomers = iter(range(players))
     refills = iter(range(players))
