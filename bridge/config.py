@@ -14,6 +14,10 @@ from mautrix.util.config import BaseFileConfig, ConfigUpdateHelper
 
 EXAMPLE_CONFIG = "pkg://bridge/example-config.yaml"
 PLACEHOLDER_TOKEN = "This value is generated when generating the registration"
+# A ghost's random part: 20 characters from [a-z0-9], uniformly (about 103 bits).
+_GHOST_ALPHABET = string.ascii_lowercase + string.digits
+_GHOST_ALPHABET_SIZE = len(_GHOST_ALPHABET)
+_GHOST_RANDOM_LENGTH = 20
 
 
 class ConfigError(ValueError):
@@ -59,8 +63,14 @@ class Config(BaseFileConfig):
 
     def ghost_mxid(self) -> str:
         """A new ghost's user ID: random, so two conversations can never be linked."""
-        random_part = "".join(secrets.choice(string.ascii_lowercase + string.digits)
-                              for _ in range(20))
+        # One draw from the OS for all 20 characters (secrets.choice per character cost
+        # ~0.1 ms per match: two ghosts each).
+        number = secrets.randbelow(_GHOST_ALPHABET_SIZE ** _GHOST_RANDOM_LENGTH)
+        chars = []
+        for _ in range(_GHOST_RANDOM_LENGTH):
+            number, digit = divmod(number, _GHOST_ALPHABET_SIZE)
+            chars.append(_GHOST_ALPHABET[digit])
+        random_part = "".join(chars)
         localpart = self["bridge.ghost_localpart_template"].format(random=random_part)
         return f"@{localpart}:{self['homeserver.domain']}"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -163,6 +164,14 @@ def test_ghost_mxids_are_random_and_match_the_ghost_namespace(tmp_path, template
         assert config.is_ghost(mxid)
         assert mxid.endswith(":chat.example.net")
     assert not config.is_ghost(config.bot_mxid)
+
+
+def test_ghost_random_parts_use_every_character_in_every_position(tmp_path):
+    config = load(tmp_path, valid(bridge={"ghost_localpart_template": "{random}"}))
+    parts = [config.ghost_mxid()[1:].split(":")[0] for _ in range(3000)]
+    assert {len(p) for p in parts} == {20}
+    for position in range(20):
+        assert {p[position] for p in parts} == set(string.ascii_lowercase + string.digits)
 
 
 def test_is_ghost_rejects_lookalikes(tmp_path):
