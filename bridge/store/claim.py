@@ -89,11 +89,15 @@ async def transaction(conn):
 async def lock_newcomer(conn, user_id: str) -> Waiter | None:
     """A user about to join the queue, as a waiter (the newest), their user row locked
     until the transaction ends: queueing them (bridge.store.queue.enqueue) takes the same
-    lock, so a newcomer is never paired here while also being queued elsewhere. None for
-    an unknown user."""
+    lock, so a newcomer is never paired here while also being queued elsewhere. Choosy when
+    they have preferences. None for an unknown user."""
     row = await conn.fetchrow(
         "SELECT tags, lang FROM users WHERE user_id = $1 FOR NO KEY UPDATE", user_id)
-    return Waiter(user_id, NEWEST, frozenset(row["tags"]), row["lang"]) if row else None
+    if row is None:
+        return None
+    # Inside their preference window (a waiter without preferences is flexible at once).
+    tags, lang = frozenset(row["tags"]), row["lang"]
+    return Waiter(user_id, NEWEST, tags, lang, flexible=not tags and lang is None)
 
 
 # The seq a newcomer would get: after everyone waiting.

@@ -57,6 +57,25 @@ async def test_a_shared_interest_goes_ahead_of_an_earlier_stranger(pool, setup):
     assert [(s.interests_unmet, s.language_unmet) for s in conv.sides] == [(False, False)] * 2
 
 
+async def test_a_newcomer_with_preferences_is_not_paired_at_once_with_a_stranger_lacking_them(
+        pool, setup):
+    """Inside their preference window a newcomer only takes a partner who shares a tag and
+    their language, even when someone flexible is waiting."""
+    pairing, _, _ = setup
+    anyone = await person(pool, "anyone")
+    jazz = await person(pool, "jazz", ["jazz"])
+    french = await person(pool, "french", lang="fr")
+    for user_id in (anyone, jazz, french):
+        assert await pairing.enqueue(user_id)
+    assert await queue.count(pool) == 3
+    fan = await person(pool, "fan", ["jazz"])
+    await pairing.enqueue(fan)
+    assert await live_partner(pool, fan) == jazz  # not `anyone`, who came first
+    fr_fan = await person(pool, "fr_fan", ["jazz"], "fr")
+    await pairing.enqueue(fr_fan)
+    assert await live_partner(pool, fr_fan) is None  # french lacks jazz; anyone lacks both
+
+
 async def test_language_is_preferred_the_same_way(pool, setup):
     pairing, _, _ = setup
     fr1, en, fr2 = (await person(pool, "fr1", lang="fr"), await person(pool, "en", lang="en"),
