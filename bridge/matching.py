@@ -91,6 +91,29 @@ def pair_up(waiting: Iterable[Waiter], avoid: Avoid = avoid_nobody) -> list[tupl
     return pairs
 
 
+def accept_in_order(newcomers: list[Waiter], found: list[Waiter | None],
+                    taken: set[str]) -> tuple[list[tuple[Waiter, Waiter | None]], list[Waiter]]:
+    """Several newcomers looked for their partners at once, each as if alone (none of the
+    partners in `taken`), so two may have found the same one. Accept the finds in order
+    until one names a partner taken by an earlier newcomer: that one and those after it look
+    again, without the taken partners. The outcome is exactly that of looking one after
+    the other. A find no longer compatible (its row changed before it was locked) gives
+    None. Returns (newcomer, partner or None) for those decided, and those to look again;
+    adds the accepted partners to `taken`."""
+    decided: list[tuple[Waiter, Waiter | None]] = []
+    for i, (me, partner) in enumerate(zip(newcomers, found, strict=True)):
+        if partner is not None and partner.user_id in taken:
+            if i > 0:
+                return decided, newcomers[i:]
+            partner = None  # (the look-up excluded them: never happens, but never loops)
+        if partner is not None and not compatible(me, partner):
+            partner = None
+        if partner is not None:
+            taken.add(partner.user_id)
+        decided.append((me, partner))
+    return decided, []
+
+
 # -- what a match means for each side -------------------------------------------------------
 
 def shared_tags(a: Waiter, b: Waiter) -> tuple[str, ...]:

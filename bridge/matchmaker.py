@@ -1,7 +1,8 @@
 """Claiming partners: one short transaction per claim, safe with several bridge processes.
 
 A newcomer is first offered the longest-waiting partner who will have them, in one
-transaction (the usual case under load: no queueing at all). Otherwise they join the queue
+transaction (the usual case under load: no queueing at all), shared with the newcomers who
+arrived in the same moment (bridge.batcher), each served in turn. Otherwise they join the queue
 and a claim is made for them; the match timer claims again when something changes for a
 waiter by itself (their preference window closes, a cooldown with someone waiting expires).
 Because every newcomer looks for their partner, a queue left by claims holds nobody who
@@ -21,6 +22,7 @@ from typing import Awaitable, Callable
 import asyncpg
 
 from bridge import matching
+from bridge.batcher import Batcher
 from bridge.config import Config
 from bridge.dispatcher import is_transient
 from bridge.store import claim, conversations, queue, recent_pairs
@@ -34,14 +36,14 @@ GIVE_UP_RECHECK_SECONDS = 0.5
 SWEEP_BATCH = 200
 # The timer also polls this often, for deadlines set by other bridge processes.
 TIMER_POLL_SECONDS = 5.0
+# Newcomers paired in one transaction at most, and such transactions running at once per
+# process (one in the database while the next gathers).
+ARRIVAL_BATCH = 64
+ARRIVAL_BATCHES = 1
 
 
 class _Retry(Exception):
     """This attempt saw a state other claims are changing; roll back and try again."""
-
-
-class _NobodyFree(Exception):
-    """The newcomer's short cut found no partner free now: roll back, queue and claim."""
 
 
 class Matchmaker:
@@ -52,38 +54,83 @@ class Matchmaker:
         self.on_matched = on_matched
         self.wake = asyncio.Event()  # an earlier check time was set: the timer recomputes
         self._timer_runs_at = 0.0  # loop time of the timer's next run (0: not running)
+        # Newcomers arriving while others are being paired are paired together next, in one
+        # transaction (its round trips and commit cost more than a match's own work).
+        self._arrivals: Batcher[tuple[str, float], int | bool | None] = Batcher(
+            self._pair_newcomers, max_size=ARRIVAL_BATCH, concurrency=ARRIVAL_BATCHES)
 
     async def arrive(self, user_id: str, fallback_after: float) -> bool:
         """A user starts looking: pair them at once with the longest-waiting partner who
         will have them, or queue them and claim. False when they were already waiting or
         chatting. (The first try is only a short cut, one transaction for the usual match;
         when it finds nobody free, queueing and claiming decide, with their guarantees.)"""
-        async with self.pool.acquire() as conn:
-            try:
-                async with claim.transaction(conn):
-                    me = await claim.lock_newcomer(conn, user_id)
-                    if me is None:
-                        return False
-                    if not me.has_preferences or fallback_after <= 0:
-                        me = matching.Waiter(me.user_id, me.seq, me.tags, me.lang, True)
-                    # (None too when they are waiting or chatting already: queueing says so.)
-                    partner = await claim.lock_partner(conn, me, matching.probes(me),
-                                                       newcomer=True)
-                    if partner is None or not matching.compatible(me, partner):
-                        raise _NobodyFree
-                    conversation_id = await self._create(conn, me, partner)
-            except (_NobodyFree, asyncpg.UniqueViolationError):
-                # (A unique violation: this user was just paired by another process, or the
-                # partner's row was stale; queueing sorts out which.)
-                conversation_id = None
-        if conversation_id is not None:
-            log.info("Matched conversation %d", conversation_id)
-            await self.on_matched(conversation_id)
-            return True
+        outcome = await self._arrivals.submit((user_id, fallback_after))
+        if outcome is not None:
+            return outcome is not False  # a conversation's ID, or False: an unknown user
         if not await queue.enqueue(self.pool, user_id, fallback_after):
             return False
         await self.claim(user_id)
         return True
+
+    async def _pair_newcomers(self, arrivals: list[tuple[str, float]]) -> list[int | bool | None]:
+        """The short cut for a batch of arrivals, in one transaction: for each in turn, the
+        longest-waiting partner who will have them (as if they came one after the other).
+        Per arrival: the new conversation's ID, None when they take the queue's way, False
+        for an unknown user."""
+        outcomes: list[int | bool | None] = [None] * len(arrivals)
+        first: dict[str, int] = {}
+        for i, (user_id, _) in enumerate(arrivals):
+            first.setdefault(user_id, i)  # (the same user twice: the queue tells them apart)
+        pairs: list[tuple[matching.Waiter, matching.Waiter]] = []
+        created: list[int] = []
+        async with self.pool.acquire() as conn:
+            try:
+                async with claim.transaction(conn):
+                    known = await claim.lock_newcomers(conn, list(first))
+                    newcomers = []
+                    for user_id, i in first.items():
+                        me = known.get(user_id)
+                        if me is None:
+                            outcomes[i] = False
+                        elif not me.has_preferences or arrivals[i][1] <= 0:
+                            newcomers.append(matching.Waiter(user_id, me.seq, me.tags, me.lang,
+                                                             True))
+                        else:
+                            newcomers.append(me)
+                    pairs = [(me, partner) for me, partner in
+                             await self._find_partners(conn, newcomers) if partner is not None]
+                    if pairs:
+                        created = await conversations.create_many(
+                            conn, [self._conversation(me, partner) for me, partner in pairs],
+                            self.config["bridge.invite_timeout"], from_queue=True)
+            except asyncpg.UniqueViolationError:
+                # One of them was just paired by another process, or a partner's row was
+                # stale: queueing sorts out which, for each.
+                created = []
+        for (me, _), conversation_id in zip(pairs, created):
+            outcomes[first[me.user_id]] = conversation_id
+            log.info("Matched conversation %d", conversation_id)
+            # (Here rather than by each caller: a caller that gave up still had its match.)
+            await self.on_matched(conversation_id)
+        for user_id, i in first.items():  # the same unknown user twice: False for both
+            if outcomes[i] is False:
+                for j, (other, _) in enumerate(arrivals):
+                    if other == user_id:
+                        outcomes[j] = False
+        return outcomes
+
+    @staticmethod
+    async def _find_partners(conn, newcomers: list[matching.Waiter]
+                             ) -> list[tuple[matching.Waiter, matching.Waiter | None]]:
+        """Each newcomer's partner (or None), locked, as if they had looked one after the
+        other: a look-up for all, again for those whose find an earlier one took."""
+        decided: list[tuple[matching.Waiter, matching.Waiter | None]] = []
+        taken: set[str] = set()
+        while newcomers:
+            found = await claim.lock_partners(conn, newcomers, taken)
+            done, newcomers = matching.accept_in_order(newcomers, found, taken)
+            decided += done
+        return decided
 
     async def claim(self, user_id: str) -> int | None:
         """Pair the waiter with their partner now; the new conversation's ID, or None when
@@ -143,15 +190,20 @@ class Matchmaker:
         if seconds is not None and loop.time() + seconds < self._timer_runs_at - 0.01:
             self.wake.set()
 
-    async def _create(self, conn, me: matching.Waiter, partner: matching.Waiter) -> int:
+    def _conversation(self, me: matching.Waiter, partner: matching.Waiter
+                      ) -> conversations.NewConversation:
         # Side 0 is whoever has waited longer.
         first, second = sorted((me, partner), key=lambda w: w.seq)
-        return await conversations.create(
-            conn, first.user_id, second.user_id, self.config.ghost_mxid(),
-            self.config.ghost_mxid(), self.config["bridge.invite_timeout"],
-            shared_tags=matching.shared_tags(first, second),
-            unmet=(matching.unmet(first, second), matching.unmet(second, first)),
+        return conversations.NewConversation(
+            first.user_id, second.user_id, self.config.ghost_mxid(), self.config.ghost_mxid(),
+            matching.shared_tags(first, second),
+            (matching.unmet(first, second), matching.unmet(second, first)))
+
+    async def _create(self, conn, me: matching.Waiter, partner: matching.Waiter) -> int:
+        [conversation_id] = await conversations.create_many(
+            conn, [self._conversation(me, partner)], self.config["bridge.invite_timeout"],
             from_queue=True)
+        return conversation_id
 
     async def sweep(self) -> list[int]:
         """Claim for every waiter due a look, longest-waiting first."""

@@ -9,8 +9,9 @@ and the caller tries again (bridge.matchmaker).
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from typing import Collection
 
-from bridge.matching import Probes, Waiter
+from bridge.matching import Probes, Waiter, probes
 from bridge.store import queue
 from bridge.store.recent_pairs import NOT_AVOIDED
 
@@ -21,36 +22,50 @@ CANDIDATES = 8
 
 _W = "user_id, seq, tags, lang, flexible"
 
-# $1 me, $2/$3 exact (lang, tag) keys, $4 flexible tags, $5 flexible langs, $6 any flexible.
-# Each ORDER BY names the whole index key, so the planner walks that index (a look-up ordered
-# by seq alone could tempt it to walk the queue in arrival order, filtering: a full scan when
-# the key is rare).
-_CANDIDATES = f"""
-    SELECT c.user_id, c.seq FROM unnest($2::text[], $3::text[]) AS p(lang, tag)
+
+def _candidates(me: str, exact: str, flexible_tags: str, flexible_langs: str,
+                any_flexible: str, mine: str = "", skip: str = "") -> str:
+    """The candidates for the claimant `me`: each look-up's `p` rows come from the sources
+    given (`mine` keeps the claimant's own, in a batch); `skip` excludes more users.
+    Each ORDER BY names the whole index key, so the planner walks that index (a look-up
+    ordered by seq alone could tempt it to walk the queue in arrival order, filtering: a
+    full scan when the key is rare)."""
+    def not_avoided(other: str) -> str:
+        return NOT_AVOIDED.format(me=me, other=other)
+    return f"""
+    SELECT c.user_id, c.seq FROM {exact}
     CROSS JOIN LATERAL (
         SELECT k.user_id, k.seq FROM waiting_keys k
-        WHERE k.lang = p.lang AND k.tag = p.tag AND k.user_id <> $1
-          AND {NOT_AVOIDED.format(other="k.user_id")}
-        ORDER BY k.lang, k.tag, k.seq LIMIT {CANDIDATES_PER_PROBE}) c
+        WHERE k.lang = p.lang AND k.tag = p.tag AND k.user_id <> {me}{skip.format("k")}
+          AND {not_avoided("k.user_id")}
+        ORDER BY k.lang, k.tag, k.seq LIMIT {CANDIDATES_PER_PROBE}) c{mine}
     UNION ALL
-    SELECT c.user_id, c.seq FROM unnest($4::text[]) AS p(tag)
+    SELECT c.user_id, c.seq FROM {flexible_tags}
     CROSS JOIN LATERAL (
         SELECT k.user_id, k.seq FROM waiting_keys k
-        WHERE k.flexible AND k.tag = p.tag AND k.user_id <> $1
-          AND {NOT_AVOIDED.format(other="k.user_id")}
-        ORDER BY k.tag, k.seq LIMIT {CANDIDATES_PER_PROBE}) c
+        WHERE k.flexible AND k.tag = p.tag AND k.user_id <> {me}{skip.format("k")}
+          AND {not_avoided("k.user_id")}
+        ORDER BY k.tag, k.seq LIMIT {CANDIDATES_PER_PROBE}) c{mine}
     UNION ALL
-    SELECT c.user_id, c.seq FROM unnest($5::text[]) AS p(lang)
+    SELECT c.user_id, c.seq FROM {flexible_langs}
     CROSS JOIN LATERAL (
         SELECT w.user_id, w.seq FROM waiting w
         -- (a range rather than `=`, so the ORDER BY keeps naming the language)
-        WHERE w.flexible AND w.lang >= p.lang AND w.lang <= p.lang AND w.user_id <> $1
-          AND {NOT_AVOIDED.format(other="w.user_id")}
-        ORDER BY w.lang, w.seq LIMIT {CANDIDATES_PER_PROBE}) c
+        WHERE w.flexible AND w.lang >= p.lang AND w.lang <= p.lang
+          AND w.user_id <> {me}{skip.format("w")} AND {not_avoided("w.user_id")}
+        ORDER BY w.lang, w.seq LIMIT {CANDIDATES_PER_PROBE}) c{mine}
     UNION ALL
     (SELECT w.user_id, w.seq FROM waiting w
-     WHERE $6 AND w.flexible AND w.user_id <> $1 AND {NOT_AVOIDED.format(other="w.user_id")}
+     WHERE {any_flexible} AND w.flexible AND w.user_id <> {me}{skip.format("w")}
+       AND {not_avoided("w.user_id")}
      ORDER BY w.seq LIMIT {CANDIDATES_PER_PROBE})"""
+
+
+# $1 me, $2/$3 exact (lang, tag) keys, $4 flexible tags, $5 flexible langs, $6 any flexible.
+_CANDIDATES = _candidates(
+    "$1", exact="unnest($2::text[], $3::text[]) AS p(lang, tag)",
+    flexible_tags="unnest($4::text[]) AS p(tag)", flexible_langs="unnest($5::text[]) AS p(lang)",
+    any_flexible="$6")
 
 # The candidates (a few dozen at most) are fetched by primary key, then sorted: never a walk
 # of the queue in arrival order.
@@ -62,14 +77,33 @@ _LOCK_PARTNER = """
     FOR UPDATE SKIP LOCKED"""
 _LOCK_PARTNER_FOR_WAITER = _LOCK_PARTNER.format(
     w=_W, candidates=_CANDIDATES, limit=CANDIDATES, guard="")
-# For a newcomer who is not in the queue: nobody, should they be waiting or chatting already
-# (read after their user row was locked, so nothing queueing them is still under way).
-_LOCK_PARTNER_FOR_NEWCOMER = _LOCK_PARTNER.format(
-    w=_W, candidates=_CANDIDATES, limit=CANDIDATES, guard="""
-      AND NOT EXISTS (SELECT 1 FROM waiting WHERE user_id = $1)
-      AND NOT EXISTS (SELECT 1 FROM conversation_sides WHERE user_id = $1 AND live)""")
 
 _ANY_CANDIDATE = f"SELECT EXISTS ({_CANDIDATES})"
+
+# Several newcomers at once (none of them in the queue), the i-th newcomer's look-ups tagged
+# with i: $1 the newcomers; $2 partners already taken in this transaction (rows it has
+# locked itself, which SKIP LOCKED does not skip); $3-$5 exact (i, lang, tag) keys; $6/$7
+# flexible (i, tag); $8/$9 flexible (i, lang); $10 the i that take anyone flexible.
+# A newcomer who is waiting or chatting already gets nobody (read after their user row was
+# locked, so nothing queueing them is still under way).
+_LOCK_PARTNERS_FOR_NEWCOMERS = f"""
+    SELECT m.user_id, m.seq, m.tags, m.lang, m.flexible
+    FROM unnest($1::text[]) WITH ORDINALITY AS n(user_id, i)
+    LEFT JOIN LATERAL (
+        SELECT {_W} FROM waiting
+        WHERE user_id = ANY(ARRAY(SELECT user_id FROM ({_candidates(
+            "n.user_id", exact="unnest($3::bigint[], $4::text[], $5::text[]) AS p(i, lang, tag)",
+            flexible_tags="unnest($6::bigint[], $7::text[]) AS p(i, tag)",
+            flexible_langs="unnest($8::bigint[], $9::text[]) AS p(i, lang)",
+            any_flexible="n.i = ANY($10::bigint[])", mine=" WHERE p.i = n.i",
+            skip=" AND {0}.user_id <> ALL($2::text[])")}) c
+                                  ORDER BY seq LIMIT {CANDIDATES}))
+          AND NOT EXISTS (SELECT 1 FROM waiting q WHERE q.user_id = n.user_id)
+          AND NOT EXISTS (SELECT 1 FROM conversation_sides s
+                          WHERE s.user_id = n.user_id AND s.live)
+        ORDER BY seq LIMIT 1
+        FOR UPDATE SKIP LOCKED) m ON true
+    ORDER BY n.i"""
 
 
 @asynccontextmanager
@@ -86,17 +120,21 @@ async def transaction(conn):
     await conn.execute("COMMIT")
 
 
-async def lock_newcomer(conn, user_id: str) -> Waiter | None:
-    """A user about to join the queue, as a waiter (the newest), their user row locked
-    until the transaction ends: queueing them (bridge.store.queue.enqueue) takes the same
-    lock, so a newcomer is never paired here while also being queued elsewhere. Choosy when
-    they have preferences. None for an unknown user."""
-    row = await conn.fetchrow(
-        "SELECT tags, lang FROM users WHERE user_id = $1 FOR NO KEY UPDATE", user_id)
-    if row is None:
-        return None
+async def lock_newcomers(conn, user_ids: list[str]) -> dict[str, Waiter]:
+    """Users about to join the queue, as waiters (the newest; choosy when they have
+    preferences), their user rows locked until the transaction ends: queueing them
+    (bridge.store.queue.enqueue) takes the same lock, so a newcomer is never paired here
+    while also being queued elsewhere. Unknown users are left out. (Locked in user_id
+    order, so two batches sharing users never deadlock.)"""
+    rows = await conn.fetch(
+        """SELECT user_id, tags, lang FROM users WHERE user_id = ANY($1::text[])
+           ORDER BY user_id FOR NO KEY UPDATE""", user_ids)
+    return {r["user_id"]: _newcomer(r["user_id"], frozenset(r["tags"]), r["lang"])
+            for r in rows}
+
+
+def _newcomer(user_id: str, tags: frozenset[str], lang: str | None) -> Waiter:
     # Inside their preference window (a waiter without preferences is flexible at once).
-    tags, lang = frozenset(row["tags"]), row["lang"]
     return Waiter(user_id, NEWEST, tags, lang, flexible=not tags and lang is None)
 
 
@@ -124,12 +162,36 @@ async def widen(conn, user_id: str) -> None:
     await conn.execute("UPDATE waiting_keys SET flexible = true WHERE user_id = $1", user_id)
 
 
-async def lock_partner(conn, me: Waiter, p: Probes, newcomer: bool = False) -> Waiter | None:
-    """The longest-waiting compatible waiter no other claim holds, locked. (`newcomer`:
-    `me` is not in the queue; none either when they are waiting or chatting already.)"""
-    sql = _LOCK_PARTNER_FOR_NEWCOMER if newcomer else _LOCK_PARTNER_FOR_WAITER
-    row = await conn.fetchrow(sql, *_args(me, p))
+async def lock_partner(conn, me: Waiter, p: Probes) -> Waiter | None:
+    """The longest-waiting compatible waiter no other claim holds, locked."""
+    row = await conn.fetchrow(_LOCK_PARTNER_FOR_WAITER, *_args(me, p))
     return queue.waiter(row) if row else None
+
+
+async def lock_partners(conn, newcomers: list[Waiter], taken: Collection[str] = ()
+                        ) -> list[Waiter | None]:
+    """For each newcomer (none of them in the queue), as lock_partner: their longest-waiting
+    compatible partner, other than those in `taken`, that no other transaction holds;
+    locked. Each is looked up as if alone, so two may find the same partner (the caller
+    decides: bridge.matching.accept_in_order). None for nobody, and for a newcomer who is
+    waiting or chatting already."""
+    exact: tuple[list, list, list] = ([], [], [])
+    flexible_tags: tuple[list, list] = ([], [])
+    flexible_langs: tuple[list, list] = ([], [])
+    any_flexible = []
+    for i, me in enumerate(newcomers, start=1):
+        p = probes(me)
+        for lang, tag in p.exact:
+            exact[0].append(i), exact[1].append(lang), exact[2].append(tag)
+        for tag in p.flexible_tags:
+            flexible_tags[0].append(i), flexible_tags[1].append(tag)
+        for lang in p.flexible_langs:
+            flexible_langs[0].append(i), flexible_langs[1].append(lang)
+        if p.any_flexible:
+            any_flexible.append(i)
+    rows = await conn.fetch(_LOCK_PARTNERS_FOR_NEWCOMERS, [me.user_id for me in newcomers],
+                            list(taken), *exact, *flexible_tags, *flexible_langs, any_flexible)
+    return [None if r["user_id"] is None else queue.waiter(r) for r in rows]
 
 
 async def any_candidate(conn, me: Waiter, p: Probes) -> bool:

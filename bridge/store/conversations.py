@@ -64,30 +64,67 @@ async def get(db, conversation_id: int) -> Conversation | None:
                         tuple(head["shared_tags"]), head["created_at"])
 
 
+@dataclass(frozen=True)
+class NewConversation:
+    """A conversation to create: ghost_for_a sits in a's room, standing for b. `unmet`: per
+    side, (interests, language) the match could not honour."""
+    user_a: str
+    user_b: str
+    ghost_for_a: str
+    ghost_for_b: str
+    shared_tags: tuple[str, ...] = ()
+    unmet: tuple[tuple[bool, bool], tuple[bool, bool]] = ((False, False), (False, False))
+
+
 async def create(conn, user_a: str, user_b: str, ghost_for_a: str, ghost_for_b: str,
                  invite_timeout: float, shared_tags: tuple[str, ...] = (),
                  unmet: tuple[tuple[bool, bool], tuple[bool, bool]] = ((False, False),
                                                                        (False, False)),
                  from_queue: bool = False) -> int:
-    """A new conversation in state 'opening'; ghost_for_a sits in a's room, standing for b.
-    `unmet`: per side, (interests, language) the match could not honour. `from_queue`:
-    also take both out of the waiting queue (in the same statement: a round trip less per
-    match)."""
-    return await conn.fetchval(
-        """WITH gone AS (DELETE FROM waiting WHERE $11 AND user_id IN ($3, $7)),
+    """A new conversation in state 'opening' (see NewConversation and create_many)."""
+    [conversation_id] = await create_many(
+        conn, [NewConversation(user_a, user_b, ghost_for_a, ghost_for_b, shared_tags, unmet)],
+        invite_timeout, from_queue)
+    return conversation_id
+
+
+async def create_many(conn, new: list[NewConversation], invite_timeout: float,
+                      from_queue: bool = False) -> list[int]:
+    """New conversations in state 'opening', in one statement; their IDs, in order.
+    `from_queue`: also take everyone in them out of the waiting queue (in the same
+    statement: a round trip less per match)."""
+    tag_index = [i for i, c in enumerate(new, start=1) for _ in c.shared_tags]
+    tags = [tag for c in new for tag in c.shared_tags]
+    rows = await conn.fetch(
+        """WITH v AS (
+               -- (IDs drawn here, so the sides need not rely on the order of RETURNING)
+               SELECT nextval('conversations_id_seq') AS id, v.*
+               FROM unnest($3::text[], $4::text[], $5::boolean[], $6::boolean[],
+                           $7::text[], $8::text[], $9::boolean[], $10::boolean[])
+                    WITH ORDINALITY AS v(user_a, ghost_a, interests_a, language_a,
+                                         user_b, ghost_b, interests_b, language_b, i)),
+           gone AS (DELETE FROM waiting WHERE $11 AND user_id IN (
+               SELECT user_a FROM v UNION ALL SELECT user_b FROM v)),
            c AS (
-               INSERT INTO conversations (invite_deadline, shared_tags)
-               VALUES (now() + make_interval(secs => $1), $2) RETURNING id),
+               INSERT INTO conversations (id, invite_deadline, shared_tags)
+               SELECT v.id, now() + make_interval(secs => $1),
+                      array(SELECT t.tag FROM unnest($2::bigint[], $12::text[])
+                                   WITH ORDINALITY AS t(i, tag, n)
+                            WHERE t.i = v.i ORDER BY t.n)
+               FROM v),
            s AS (
                INSERT INTO conversation_sides (conversation_id, side, user_id, ghost_id,
                                                interests_unmet, language_unmet)
-               SELECT c.id, v.side, v.user_id, v.ghost_id, v.interests_unmet, v.language_unmet
-               FROM c, (VALUES (0, $3, $4, $5::boolean, $6::boolean),
-                               (1, $7, $8, $9::boolean, $10::boolean))
-                       AS v(side, user_id, ghost_id, interests_unmet, language_unmet))
-           SELECT id FROM c""",
-        float(invite_timeout), list(shared_tags), user_a, ghost_for_a, *unmet[0],
-        user_b, ghost_for_b, *unmet[1], from_queue)
+               SELECT id, 0, user_a, ghost_a, interests_a, language_a FROM v
+               UNION ALL
+               SELECT id, 1, user_b, ghost_b, interests_b, language_b FROM v)
+           SELECT id FROM v ORDER BY i""",
+        float(invite_timeout), tag_index,
+        [c.user_a for c in new], [c.ghost_for_a for c in new],
+        [c.unmet[0][0] for c in new], [c.unmet[0][1] for c in new],
+        [c.user_b for c in new], [c.ghost_for_b for c in new],
+        [c.unmet[1][0] for c in new], [c.unmet[1][1] for c in new], from_queue, tags)
+    return [r["id"] for r in rows]
 
 
 async def side_by_room(db, room_id: str) -> Side | None:

@@ -1,11 +1,11 @@
 """recent_pairs: who must not be paired again yet (bridge.matching.rematch_cooldown)."""
 from __future__ import annotations
 
-# The claim's test for "this pair must not meet now"; $1 is the claimant, `other` the
-# candidate's user_id column. (Blocks, when they come, are another NOT EXISTS here.)
+# The claim's test for "this pair must not meet now"; `me` is the claimant's user_id, `other`
+# the candidate's user_id column. (Blocks, when they come, are another NOT EXISTS here.)
 NOT_AVOIDED = """NOT EXISTS (
     SELECT 1 FROM recent_pairs r
-    WHERE r.user_a = least($1, {other}) AND r.user_b = greatest($1, {other})
+    WHERE r.user_a = least({me}, {other}) AND r.user_b = greatest({me}, {other})
       AND r.until > now())"""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 
 from bridge import matching
+from bridge.matchmaker import Matchmaker
 from bridge.store import claim, queue, recent_pairs, users
 
 TAGS = ["cinema", "jazz", "chess", "cats", "rock music", "tea"]
@@ -93,25 +94,98 @@ async def test_many_equal_candidates_beyond_the_per_probe_limit(pool):
     assert await sql_partner(pool, me) == others[claim.CANDIDATES_PER_PROBE + 1]
 
 
+async def newcomers_for(pool, rnd: random.Random, waiters, avoided: set, count: int
+                        ) -> list[matching.Waiter]:
+    """Users about to arrive (not queued), some kept apart from some waiters."""
+    newcomers = []
+    for i in range(count):
+        user_id = f"@n{i}:x"
+        tags = tuple(sorted(rnd.sample(TAGS, rnd.choice([0, 0, 1, 1, 2, 3]))))
+        lang = rnd.choice(LANGS)
+        await users.ensure(pool, user_id)
+        await users.set_tags(pool, user_id, tags)
+        await users.set_lang(pool, user_id, lang)
+        flexible = not (tags or lang) or rnd.random() < 0.3  # (fallback_after 0: anyone)
+        newcomers.append(matching.Waiter(user_id, claim.NEWEST, frozenset(tags), lang, flexible))
+        for other in rnd.sample(waiters, min(len(waiters), rnd.choice([0, 0, 1, 2]))):
+            await recent_pairs.avoid(pool, user_id, other.user_id)
+            avoided.add((user_id, other.user_id))
+    return newcomers
+
+
+async def test_a_batch_of_newcomers_gets_the_policy_s_partners_one_after_the_other(pool):
+    """The batched short cut for arrivals (several look-ups at once, again for those whose
+    find was taken) pairs each newcomer exactly as looking one after the other would."""
+    rnd = random.Random(11)
+    checked = found = clashes = 0
+    for _ in range(25):
+        waiters, avoided = await fill(pool, rnd, rnd.randint(2, 24))
+        newcomers = await newcomers_for(pool, rnd, waiters, avoided, rnd.randint(1, 8))
+        avoid = matching.avoid_pairs(avoided)
+        expected, left = [], list(waiters)
+        for me in newcomers:
+            partner = matching.choose_partner(me, left, avoid)
+            left = [w for w in left if partner is None or w.user_id != partner.user_id]
+            expected.append((me.user_id, partner.user_id if partner else None))
+        async with pool.acquire() as conn:
+            tr = conn.transaction()
+            await tr.start()
+            try:
+                async with counting(claim, "lock_partners") as rounds:
+                    got = await Matchmaker._find_partners(conn, newcomers)
+            finally:
+                await tr.rollback()
+        assert [(me.user_id, p.user_id if p else None) for me, p in got] == expected, (
+            newcomers, waiters, avoided)
+        checked += len(newcomers)
+        found += sum(p is not None for _, p in got)
+        clashes += rounds[0] > 1
+    assert checked > 80 and 0.2 < found / checked < 0.95 and clashes > 3
+
+
+class counting:
+    """Counts the calls of module.name while in use."""
+
+    def __init__(self, module, name: str) -> None:
+        self.module, self.name, self.calls = module, name, [0]
+
+    async def __aenter__(self):
+        original = self.original = getattr(self.module, self.name)
+
+        async def counted(*args, **kwargs):
+            self.calls[0] += 1
+            return await original(*args, **kwargs)
+        setattr(self.module, self.name, counted)
+        return self.calls
+
+    async def __aexit__(self, *_):
+        setattr(self.module, self.name, self.original)
+
+
 async def test_the_claim_uses_the_indexes(pool):
     """Each look-up is an index probe: no sequential scan of the queue, whatever its size,
     in the generic plan the claim's transaction asks for too."""
     me = matching.Waiter("@me:x", 1, frozenset({"jazz", "cats"}), None, False)
     p = matching.probes(me)
+    single = ("text, text[], text[], text[], text[], boolean", claim._args(me, p))
+    batch = ("text[], text[], bigint[], text[], text[], bigint[], text[], bigint[], text[], "
+             "bigint[]",
+             (["@me:x", "@you:x"], ["@taken:x"], [1, 1, 2], ["", "", "en"], ["cats", "jazz", ""],
+              [1, 1], ["cats", "jazz"], [2], ["en"], [2]))
     async with pool.acquire() as conn:
         # Tiny tables favour scans; forbidding them shows whether an index path exists.
         await conn.execute("SET enable_seqscan = off")
-        for name, sql in (("waiter", claim._LOCK_PARTNER_FOR_WAITER),
-                          ("newcomer", claim._LOCK_PARTNER_FOR_NEWCOMER),
-                          ("candidates", claim._ANY_CANDIDATE)):
-            plans = ["\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql,
-                                                                *claim._args(me, p)))]
+        for name, sql, (types, args) in (
+                ("waiter", claim._LOCK_PARTNER_FOR_WAITER, single),
+                ("newcomers", claim._LOCK_PARTNERS_FOR_NEWCOMERS, batch),
+                ("candidates", claim._ANY_CANDIDATE, single)):
+            plans = ["\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))]
             await conn.execute("SET plan_cache_mode = force_generic_plan")
-            await conn.execute(f"PREPARE {name}(text, text[], text[], text[], text[], boolean) "
-                               f"AS {sql}")
+            await conn.execute(f"PREPARE {name}({types}) AS {sql}")
             literals = await conn.fetchval(  # (EXPLAIN EXECUTE takes no bound parameters)
-                "SELECT format('%L, %L, %L, %L, %L, %L', $1::text, $2::text[], $3::text[], "
-                "$4::text[], $5::text[], $6::boolean)", *claim._args(me, p))
+                "SELECT concat_ws(', ', " + ", ".join(
+                    f"quote_literal(${i}::{t.strip()})" for i, t in
+                    enumerate(types.split(","), start=1)) + ")", *args)
             plans.append("\n".join(r[0] for r in await conn.fetch(
                 f"EXPLAIN EXECUTE {name}({literals})")))
             await conn.execute("RESET plan_cache_mode")

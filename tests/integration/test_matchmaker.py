@@ -326,3 +326,56 @@ async def test_a_newcomer_is_not_paired_while_another_process_is_queueing_them(p
         await tr.commit()
     assert await asyncio.wait_for(arrival, 5) is False  # already waiting
     assert await live_partner(pool, x) is None and await queue.is_waiting(pool, x)
+
+
+async def test_newcomers_arriving_at_once_are_paired_as_if_one_after_the_other(pool, setup):
+    """Arrivals in the same moment share one transaction (bridge.batcher): each still gets
+    the partner the policy gives when they come one after the other, the same user arriving
+    twice is paired once, an unknown user is refused, and nobody is lost."""
+    import random
+
+    from bridge import matching
+    pairing, _, _ = setup
+    rnd = random.Random(5)
+    tags, langs = ["cinema", "jazz", "chess"], [None, None, "en", "fr"]
+    waiting = []
+    for i in range(30):
+        user_id = await person(pool, f"w{i}", rnd.sample(tags, rnd.choice([0, 1, 1, 2])),
+                               rnd.choice(langs))
+        assert await queue.enqueue(pool, user_id, 3600)
+        waiting.append(queue.waiter(await pool.fetchrow(
+            "SELECT user_id, seq, tags, lang, flexible FROM waiting WHERE user_id = $1",
+            user_id)))
+    newcomers = []
+    for i in range(30):
+        t, lang = rnd.sample(tags, rnd.choice([0, 1, 1, 2])), rnd.choice(langs)
+        newcomers.append(matching.Waiter(await person(pool, f"n{i}", t, lang), claim.NEWEST,
+                                         frozenset(t), lang, not (t or lang)))
+    # What one arrival after the other would give (the window is long: choosy stay choosy).
+    expected, left = {}, list(waiting)
+    for me in newcomers:
+        partner = matching.choose_partner(me, left)
+        left = [w for w in left if partner is None or w.user_id != partner.user_id]
+        expected[me.user_id] = partner.user_id if partner else None
+    assert 5 < sum(p is not None for p in expected.values()) < 30
+    pairing.config["bridge.matching.fallback_after"] = 3600
+    arrivals = [me.user_id for me in newcomers] + [newcomers[0].user_id, "@ghost:example.org"]
+    results = await asyncio.gather(*(pairing.enqueue(user_id) for user_id in arrivals))
+    assert results[:30] == [True] * 30
+    assert results[30:] == [False, False]  # already chatting or waiting; unknown
+    for me in newcomers:
+        if expected[me.user_id] is not None:
+            assert await live_partner(pool, me.user_id) == expected[me.user_id]
+    # The unmatched joined the queue, where their claims paired them if anyone could be.
+    rows = await pool.fetch("SELECT user_id, seq, tags, lang, flexible FROM waiting")
+    left = [queue.waiter(r) for r in rows]
+    assert any(w.user_id.startswith("@n") for w in left)
+    for me in left:
+        if me.user_id.startswith("@n"):
+            assert matching.choose_partner(me, left) is None
+    live = await pool.fetchval("SELECT count(*) FROM conversation_sides WHERE live")
+    assert live + len(rows) == 60
+    assert await pool.fetchval(
+        "SELECT count(*) FROM (SELECT user_id FROM conversation_sides WHERE live "
+        "GROUP BY user_id HAVING count(*) > 1) d") == 0
+    await settle(pairing)

@@ -112,6 +112,33 @@ async def test_conversation_create_and_get(pool):
     assert await conversations.count_live(pool) == 1
 
 
+async def test_conversations_created_together_each_get_their_sides_tags_and_unmet(pool):
+    d, e, f = "@dave:d.example", "@erin:e.example", "@fay:f.example"
+    await make_users(pool, A, B, C, d, e, f)
+    for user_id in (A, B, C):
+        await queue.enqueue(pool, user_id)
+    new = [conversations.NewConversation(A, B, "@_g1:x", "@_g2:x", ("jazz", "tea"),
+                                         ((False, True), (True, False))),
+           conversations.NewConversation(C, d, "@_g3:x", "@_g4:x"),
+           conversations.NewConversation(e, f, "@_g5:x", "@_g6:x", ("cats",)),
+           conversations.NewConversation("@nobody:x", "@no-one:x", "@_g7:x", "@_g8:x")]
+    async with pool.acquire() as conn, conn.transaction():
+        ids = await conversations.create_many(conn, new[:2], 60, from_queue=True)
+    assert len(set(ids)) == 2
+    first, second = [await conversations.get(pool, i) for i in ids]
+    assert [(s.user_id, s.ghost_id, s.interests_unmet, s.language_unmet) for s in first.sides] \
+        == [(A, "@_g1:x", False, True), (B, "@_g2:x", True, False)]
+    assert first.shared_tags == ("jazz", "tea") and second.shared_tags == ()
+    assert [s.user_id for s in second.sides] == [C, d]
+    assert first.state == second.state == "opening"
+    assert await queue.count(pool) == 0  # taken out of the queue in the same statement
+    # All or nothing: one bad conversation (an unknown user) makes none.
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        async with pool.acquire() as conn, conn.transaction():
+            await conversations.create_many(conn, new[2:], 60)
+    assert await pool.fetchval("SELECT count(*) FROM conversations") == 2
+
+
 async def test_conversation_rooms(pool):
     await make_users(pool, A, B)
     conversation_id = await new_conversation(pool, A, B)

@@ -6,10 +6,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from bridge import messages
-from bridge.matching import (PreferenceError, Waiter, accepts, avoid_pairs, choose_partner,
-                             compatible, fallback_delay, in_cooldown, is_flexible,
-                             normalise_lang, normalise_tag, pair_up, parse_tags, probe_matches,
-                             probes, shared_tags, unmet)
+from bridge.matching import (PreferenceError, Waiter, accept_in_order, accepts, avoid_nobody,
+                             avoid_pairs, choose_partner, compatible, fallback_delay,
+                             in_cooldown, is_flexible, normalise_lang, normalise_tag, pair_up,
+                             parse_tags, probe_matches, probes, shared_tags, unmet)
 
 TAGS = ["cinema", "jazz", "chess", "cats", "rock music"]
 LANGS = [None, "en", "fr"]
@@ -230,6 +230,64 @@ def test_one_claim_per_newcomer_is_the_same_as_pairing_everyone(queue, newcomer)
     partner = choose_partner(me, settled)
     expected = [] if partner is None else [(partner, me)]
     assert pair_up(settled + [me]) == expected
+
+
+def serve_batch(newcomers: list[Waiter], queue: list[Waiter], avoid=avoid_nobody
+                ) -> list[tuple[Waiter, Waiter | None]]:
+    """The bridge's batched short cut (Matchmaker._find_partners) over a queue, with the
+    database's look-up played by choose_partner: each round, every newcomer still to serve
+    looks as if alone, without the partners taken; accept_in_order decides."""
+    decided, taken, todo = [], set(), list(newcomers)
+    while todo:
+        found = [choose_partner(me, [x for x in queue if x.user_id not in taken], avoid)
+                 for me in todo]
+        done, todo = accept_in_order(todo, found, taken)
+        decided += done
+    return decided
+
+
+def one_after_the_other(newcomers, queue, avoid=avoid_nobody):
+    decided, left = [], list(queue)
+    for me in newcomers:
+        partner = choose_partner(me, left, avoid)
+        left = [x for x in left if partner is None or x.user_id != partner.user_id]
+        decided.append((me, partner))
+    return decided
+
+
+@settings(max_examples=300)
+@given(queues, st.lists(waiters, max_size=8), st.sets(st.tuples(st.integers(0, 30),
+                                                                st.integers(0, 30))))
+def test_a_batch_of_newcomers_is_served_exactly_as_one_after_the_other(queue, batch, avoided):
+    newcomers = [Waiter(f"@new{i}:x", 100_001 + i, x.tags, x.lang, x.flexible)
+                 for i, x in enumerate(batch)]
+    everyone = [x.user_id for x in queue + newcomers]
+    avoid = avoid_pairs((everyone[a % len(everyone)], everyone[b % len(everyone)])
+                        for a, b in avoided) if everyone else avoid_nobody
+    assert serve_batch(newcomers, queue, avoid) == one_after_the_other(newcomers, queue, avoid)
+
+
+def test_newcomers_after_a_clash_look_again_and_earlier_ones_keep_their_find():
+    old, older_jazz = w("old", 1), w("oj", 2, ["jazz"], flexible=False)
+    jazz = w("j", 3, ["jazz"], flexible=True)
+    a, b, c = w("a", 10), w("b", 11, ["jazz"], flexible=False), w("c", 12)
+    taken: set[str] = set()
+    # a and c both found `old`; b found older_jazz: a keeps old, b keeps its find (nobody
+    # before it took older_jazz), c looks again.
+    decided, again = accept_in_order([a, b, c], [old, older_jazz, old], taken)
+    assert decided == [(a, old), (b, older_jazz)] and again == [c]
+    assert taken == {old.user_id, older_jazz.user_id}
+    # A clash stops the round: b's find is decided only after a's second look.
+    decided, again = accept_in_order([c, b], [jazz, older_jazz], {older_jazz.user_id})
+    assert decided == [(c, jazz)] and again == [b]
+
+
+def test_a_find_whose_row_changed_before_it_was_locked_is_nobody():
+    choosy = w("choosy", 1, ["chess"], flexible=False)
+    me = w("me", 10, ["jazz"], flexible=False)
+    taken: set[str] = set()
+    decided, again = accept_in_order([me], [choosy], taken)
+    assert decided == [(me, None)] and again == [] and taken == set()
 
 
 @given(queues)
