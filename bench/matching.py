@@ -7,7 +7,8 @@ join the queue and claim). Whenever a match takes a waiter out, another user joi
 claiming, so the queue keeps its size. Preferences are drawn like real ones: 0-5 interest
 tags each from 200, Zipf-distributed (a few popular, a long tail), and a language for most
 users from a handful of common ones. Half the prefilled waiters are still inside their
-preference window; newcomers always are (fallback_after = 10 s).
+preference window; newcomers always are (fallback_after = 10 s). The prefilled waiters have
+talked before (ended conversations), as on a bridge that has been running.
 
     python bench/matching.py [--sizes 1000,10000,100000] [--processes 1,2]
                              [--seconds 5] [--concurrency 4] [--json FILE]
@@ -85,6 +86,22 @@ async def prefill(uri: str, size: int, processes: int, players: int, seed: int) 
             """INSERT INTO waiting_keys (user_id, tag, lang, seq, flexible)
                SELECT w.user_id, t.tag, coalesce(w.lang, ''), w.seq, w.flexible FROM waiting w,
                unnest(CASE WHEN cardinality(w.tags) = 0 THEN ARRAY[''] ELSE w.tags END) t(tag)""")
+        # The bridge has been running: the waiters have talked before (half as many ended
+        # conversations as waiters). On empty conversation tables PostgreSQL would plan
+        # scans of them, and keep using those plans while the tables grow during a run.
+        await conn.execute(
+            """WITH w AS (SELECT user_id, row_number() OVER (ORDER BY user_id COLLATE "C") AS r
+                          FROM waiting),
+               p AS (SELECT nextval('conversations_id_seq') AS id, a.user_id AS a,
+                            b.user_id AS b
+                     FROM w a JOIN w b ON b.r = a.r + 1 WHERE a.r % 2 = 1),
+               c AS (INSERT INTO conversations (id, state, invite_deadline, ended_at, end_reason)
+                     SELECT id, 'ended', now(), now(), 'next' FROM p)
+               INSERT INTO conversation_sides (conversation_id, side, user_id, ghost_id, live,
+                                               closed_at)
+               SELECT id, 0, a, '@_past0_' || id || ':bench', false, now() FROM p
+               UNION ALL
+               SELECT id, 1, b, '@_past1_' || id || ':bench', false, now() FROM p""")
         for p in range(processes):
             await add_users(conn, f"n{p}_", players, rnd)
             await add_users(conn, f"f{p}_", players, rnd)
