@@ -39,7 +39,7 @@ TIMER_POLL_SECONDS = 5.0
 # Newcomers paired in one transaction at most, and such transactions running at once per
 # process (one in the database while the next gathers).
 ARRIVAL_BATCH = 64
-ARRIVAL_BATCHES = 1
+ARRIVAL_BATCHES = 2
 
 
 class _Retry(Exception):
