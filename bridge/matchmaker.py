@@ -110,8 +110,12 @@ class Matchmaker:
         for (me, _), conversation_id in zip(pairs, created):
             outcomes[first[me.user_id]] = conversation_id
             log.info("Matched conversation %d", conversation_id)
-            # (Here rather than by each caller: a caller that gave up still had its match.)
-            await self.on_matched(conversation_id)
+            # Here rather than by each caller, so a caller that gave up still has its match
+            # opened; one failing must not keep the batch's other matches from opening.
+            try:
+                await self.on_matched(conversation_id)
+            except Exception:
+                log.exception("Conversation %d: starting to open it failed", conversation_id)
         for user_id, i in first.items():  # the same unknown user twice: False for both
             if outcomes[i] is False:
                 for j, (other, _) in enumerate(arrivals):

@@ -379,3 +379,22 @@ async def test_newcomers_arriving_at_once_are_paired_as_if_one_after_the_other(p
         "SELECT count(*) FROM (SELECT user_id FROM conversation_sides WHERE live "
         "GROUP BY user_id HAVING count(*) > 1) d") == 0
     await settle(pairing)
+
+
+async def test_one_match_failing_to_start_opening_leaves_the_batch_s_others_opening(pool, config):
+    """Matches made together are each handed on (opened) even when one hand-over fails."""
+    from bridge.matchmaker import Matchmaker
+    handed: list[int] = []
+
+    async def on_matched(conversation_id: int) -> None:
+        handed.append(conversation_id)
+        if len(handed) == 1:
+            raise RuntimeError("the portal is away")
+    matchmaker = Matchmaker(pool, config, on_matched)
+    waiting = [await person(pool, f"w{i}") for i in range(3)]
+    for user_id in waiting:
+        assert await queue.enqueue(pool, user_id, 0)
+    newcomers = [await person(pool, f"n{i}") for i in range(3)]
+    assert await asyncio.gather(*(matchmaker.arrive(u, 0) for u in newcomers)) == [True] * 3
+    assert len(handed) == 3
+    assert [await live_partner(pool, u) for u in newcomers] == waiting
