@@ -135,6 +135,10 @@ async def play(uri: str, index: int, concurrency: int, seconds: float, start_at:
         matches += 1  # (the bridge would open the rooms now)
 
     pool = await connect(uri, min_size=concurrency, max_size=concurrency)  # the bridge's pool
+    held = [await pool.acquire() for _ in range(concurrency)]
+    backends = [conn.get_server_pid() for conn in held]
+    for conn in held:
+        await pool.release(conn)
     matchmaker = Matchmaker(pool, bench_config(uri), matched)
     newcomers = iter(range(players))
     refills = iter(range(players))
@@ -158,10 +162,13 @@ async def play(uri: str, index: int, concurrency: int, seconds: float, start_at:
                 await queue.enqueue(pool, f"@f{index}_{next(refills)}:bench", FALLBACK_AFTER)
 
     began, cpu_before = time.perf_counter(), time.process_time()
+    pg_before = backend_cpu_seconds(backends)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_before
+    pg_cpu = backend_cpu_seconds(backends) - pg_before
     await pool.close()
-    return {"matches": matches, "claims_ms": claims_ms, "elapsed": elapsed, "cpu": cpu}
+    return {"matches": matches, "claims_ms": claims_ms, "elapsed": elapsed, "cpu": cpu,
+            "pg_cpu": pg_cpu}
 
 
 def process_main(uri: str, index: int, concurrency: int, seconds: float, start_at: float,
@@ -169,19 +176,15 @@ def process_main(uri: str, index: int, concurrency: int, seconds: float, start_a
     results.put(asyncio.run(play(uri, index, concurrency, seconds, start_at, players)))
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU time used so far by every PostgreSQL process on this machine (when the server is
-    local and /proc readable; 0 otherwise)."""
+def backend_cpu_seconds(pids: list[int]) -> float:
+    """CPU time used so far by these PostgreSQL backends (the run's own connections: other
+    work on a shared machine's server is not counted), when the server is local and /proc
+    readable; 0 otherwise."""
     total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for pid in pids:
         try:
-            fields = stat.read_text().rsplit(")", 1)
-            if not fields[0].endswith("(postgres"):
-                continue
-            # Own time, and (for the postmaster) that of its exited backends.
-            utime, stime, cutime, cstime = fields[1].split()[11:15]
-            total += (int(utime) + int(stime) + int(cutime) + int(cstime)) / os.sysconf(
-                "SC_CLK_TCK")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError):
             continue
     return total
@@ -202,9 +205,7 @@ def run(uri: str, size: int, processes: int, concurrency: int, seconds: float,
     for p in procs:
         p.start()
     time.sleep(max(0.0, start_at - time.time()))
-    pg_before = postgres_cpu_seconds()
     outcomes = [results.get(timeout=seconds + 120) for _ in procs]
-    pg_cpu = postgres_cpu_seconds() - pg_before
     for p in procs:
         p.join()
     claims = sorted(ms for o in outcomes for ms in o["claims_ms"])
@@ -217,7 +218,7 @@ def run(uri: str, size: int, processes: int, concurrency: int, seconds: float,
             "claims": len(claims),
             # CPU spent per match: where the time goes on a machine with few cores.
             "bridge_cpu_ms": round(sum(o["cpu"] for o in outcomes) / matches * 1000, 2),
-            "postgres_cpu_ms": round(pg_cpu / matches * 1000, 2)}
+            "postgres_cpu_ms": round(sum(o["pg_cpu"] for o in outcomes) / matches * 1000, 2)}
 
 
 async def create_database() -> str:
