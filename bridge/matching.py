@@ -91,27 +91,39 @@ def pair_up(waiting: Iterable[Waiter], avoid: Avoid = avoid_nobody) -> list[tupl
     return pairs
 
 
-def accept_in_order(newcomers: list[Waiter], found: list[Waiter | None],
-                    taken: set[str]) -> tuple[list[tuple[Waiter, Waiter | None]], list[Waiter]]:
-    """Several newcomers looked for their partners at once, each as if alone (none of the
-    partners in `taken`), so two may have found the same one. Accept the finds in order
-    until one names a partner taken by an earlier newcomer: that one and those after it look
-    again, without the taken partners. The outcome is exactly that of looking one after
-    the other. A find no longer compatible (its row changed before it was locked) gives
-    None. Returns (newcomer, partner or None) for those decided, and those to look again;
-    adds the accepted partners to `taken`."""
+# Newcomers whose find was taken, looked up again at once at most: newcomers who all want
+# the same partners would otherwise all be looked up again for each one taken.
+LOOK_AGAIN = 4
+
+
+def accept_in_order(pending: list[tuple[Waiter, Waiter | None]], taken: set[str]
+                    ) -> tuple[list[tuple[Waiter, Waiter | None]],
+                               list[tuple[Waiter, Waiter | None]], list[int]]:
+    """Several newcomers looked for their partners at once, each as if alone (without the
+    partners in `taken` then), so two may have found the same one. Accepts their finds in
+    order until one names a partner taken since. A find not taken is still what looking
+    now would give (looking without more partners only changes the answer by taking it),
+    so only taken ones need looking up again: the first LOOK_AGAIN of those left. The
+    outcome is exactly that of looking one after the other. A find no longer compatible
+    (its row changed before it was locked) gives None.
+
+    Returns the (newcomer, partner or None) decided, those left with their finds, and
+    the positions among those left to look up again; adds accepted partners to `taken`."""
     decided: list[tuple[Waiter, Waiter | None]] = []
-    for i, (me, partner) in enumerate(zip(newcomers, found, strict=True)):
+    for i, (me, partner) in enumerate(pending):
         if partner is not None and partner.user_id in taken:
             if i > 0:
-                return decided, newcomers[i:]
+                left = pending[i:]
+                again = [j for j, (_, p) in enumerate(left)
+                         if p is not None and p.user_id in taken][:LOOK_AGAIN]
+                return decided, left, again
             partner = None  # (the look-up excluded them: never happens, but never loops)
         if partner is not None and not compatible(me, partner):
             partner = None
         if partner is not None:
             taken.add(partner.user_id)
         decided.append((me, partner))
-    return decided, []
+    return decided, [], []
 
 
 # -- what a match means for each side -------------------------------------------------------

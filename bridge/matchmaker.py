@@ -130,10 +130,14 @@ class Matchmaker:
         other: a look-up for all, again for those whose find an earlier one took."""
         decided: list[tuple[matching.Waiter, matching.Waiter | None]] = []
         taken: set[str] = set()
-        while newcomers:
-            found = await claim.lock_partners(conn, newcomers, taken)
-            done, newcomers = matching.accept_in_order(newcomers, found, taken)
+        pending = list(zip(newcomers, await claim.lock_partners(conn, newcomers, taken)))
+        while pending:
+            done, pending, again = matching.accept_in_order(pending, taken)
             decided += done
+            if again:
+                found = await claim.lock_partners(conn, [pending[i][0] for i in again], taken)
+                for i, partner in zip(again, found):
+                    pending[i] = (pending[i][0], partner)
         return decided
 
     async def claim(self, user_id: str) -> int | None:

@@ -6,10 +6,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from bridge import messages
-from bridge.matching import (PreferenceError, Waiter, accept_in_order, accepts, avoid_nobody,
-                             avoid_pairs, choose_partner, compatible, fallback_delay,
-                             in_cooldown, is_flexible, normalise_lang, normalise_tag, pair_up,
-                             parse_tags, probe_matches, probes, shared_tags, unmet)
+from bridge.matching import (LOOK_AGAIN, PreferenceError, Waiter, accept_in_order, accepts,
+                             avoid_nobody, avoid_pairs, choose_partner, compatible,
+                             fallback_delay, in_cooldown, is_flexible, normalise_lang,
+                             normalise_tag, pair_up, parse_tags, probe_matches, probes,
+                             shared_tags, unmet)
 
 TAGS = ["cinema", "jazz", "chess", "cats", "rock music"]
 LANGS = [None, "en", "fr"]
@@ -233,17 +234,22 @@ def test_one_claim_per_newcomer_is_the_same_as_pairing_everyone(queue, newcomer)
 
 
 def serve_batch(newcomers: list[Waiter], queue: list[Waiter], avoid=avoid_nobody
-                ) -> list[tuple[Waiter, Waiter | None]]:
+                ) -> tuple[list[tuple[Waiter, Waiter | None]], int]:
     """The bridge's batched short cut (Matchmaker._find_partners) over a queue, with the
-    database's look-up played by choose_partner: each round, every newcomer still to serve
-    looks as if alone, without the partners taken; accept_in_order decides."""
-    decided, taken, todo = [], set(), list(newcomers)
-    while todo:
-        found = [choose_partner(me, [x for x in queue if x.user_id not in taken], avoid)
-                 for me in todo]
-        done, todo = accept_in_order(todo, found, taken)
+    database's look-up played by choose_partner (each newcomer as if alone, without the
+    partners taken). Returns the pairs and how many look-ups it took."""
+    def look_up(newcomer):
+        return choose_partner(newcomer, [x for x in queue if x.user_id not in taken], avoid)
+    decided, taken = [], set()
+    pending = [(me, look_up(me)) for me in newcomers]
+    lookups = len(newcomers)
+    while pending:
+        done, pending, again = accept_in_order(pending, taken)
         decided += done
-    return decided
+        for i in again:
+            pending[i] = (pending[i][0], look_up(pending[i][0]))
+        lookups += len(again)
+    return decided, lookups
 
 
 def one_after_the_other(newcomers, queue, avoid=avoid_nobody):
@@ -264,30 +270,42 @@ def test_a_batch_of_newcomers_is_served_exactly_as_one_after_the_other(queue, ba
     everyone = [x.user_id for x in queue + newcomers]
     avoid = avoid_pairs((everyone[a % len(everyone)], everyone[b % len(everyone)])
                         for a, b in avoided) if everyone else avoid_nobody
-    assert serve_batch(newcomers, queue, avoid) == one_after_the_other(newcomers, queue, avoid)
+    decided, lookups = serve_batch(newcomers, queue, avoid)
+    assert decided == one_after_the_other(newcomers, queue, avoid)
+    assert lookups <= len(newcomers) * (1 + LOOK_AGAIN)
+
+
+def test_newcomers_all_wanting_the_same_partners_are_looked_up_again_a_bounded_number_of_times():
+    queue = [w(f"w{i}", i) for i in range(100)]
+    newcomers = [Waiter(f"@new{i}:x", 1000 + i) for i in range(64)]
+    decided, lookups = serve_batch(newcomers, queue)
+    assert [p.user_id for _, p in decided] == [x.user_id for x in queue[:64]]
+    assert lookups <= 64 * (1 + LOOK_AGAIN)  # not 64 * 65 / 2
 
 
 def test_newcomers_after_a_clash_look_again_and_earlier_ones_keep_their_find():
     old, older_jazz = w("old", 1), w("oj", 2, ["jazz"], flexible=False)
     jazz = w("j", 3, ["jazz"], flexible=True)
-    a, b, c = w("a", 10), w("b", 11, ["jazz"], flexible=False), w("c", 12)
+    a, b, c, d = w("a", 10), w("b", 11, ["jazz"], flexible=False), w("c", 12), w("d", 13)
     taken: set[str] = set()
-    # a and c both found `old`; b found older_jazz: a keeps old, b keeps its find (nobody
-    # before it took older_jazz), c looks again.
-    decided, again = accept_in_order([a, b, c], [old, older_jazz, old], taken)
-    assert decided == [(a, old), (b, older_jazz)] and again == [c]
+    # a and c both found `old`; b found older_jazz: a and b keep theirs, c looks again; d's
+    # find (jazz) is kept until someone takes it.
+    decided, left, again = accept_in_order([(a, old), (b, older_jazz), (c, old), (d, jazz)],
+                                           taken)
+    assert decided == [(a, old), (b, older_jazz)]
+    assert left == [(c, old), (d, jazz)] and again == [0]
     assert taken == {old.user_id, older_jazz.user_id}
-    # A clash stops the round: b's find is decided only after a's second look.
-    decided, again = accept_in_order([c, b], [jazz, older_jazz], {older_jazz.user_id})
-    assert decided == [(c, jazz)] and again == [b]
+    # c's new find is d's: d looks again in turn.
+    decided, left, again = accept_in_order([(c, jazz), (d, jazz)], taken)
+    assert decided == [(c, jazz)] and left == [(d, jazz)] and again == [0]
 
 
 def test_a_find_whose_row_changed_before_it_was_locked_is_nobody():
     choosy = w("choosy", 1, ["chess"], flexible=False)
     me = w("me", 10, ["jazz"], flexible=False)
     taken: set[str] = set()
-    decided, again = accept_in_order([me], [choosy], taken)
-    assert decided == [(me, None)] and again == [] and taken == set()
+    assert accept_in_order([(me, choosy)], taken) == ([(me, None)], [], [])
+    assert taken == set()
 
 
 @given(queues)
