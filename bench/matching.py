@@ -14,8 +14,9 @@ talked before (ended conversations), as on a bridge that has been running.
                              [--seconds 5] [--concurrency 4] [--json FILE]
 
 matches_per_s counts conversations created per second over the run; claim_p50_ms and
-claim_p95_ms time each newcomer's arrive (look up, lock, create the conversation, commit;
-or queue and claim), whether it found a partner or not. Needs PostgreSQL
+claim_p95_ms time each newcomer's whole arrive() call (waiting for the batch it joins, look
+up, lock, create the conversation, commit; or queue and claim), whether it found a partner
+or not. Needs PostgreSQL
 (STRANGER_TEST_PG, default postgresql://postgres@127.0.0.1:5432/postgres); creates and drops
 its own database.
 """
