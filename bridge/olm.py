@@ -31,26 +31,18 @@ from collections import OrderedDict
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-import asyncpg
 from mautrix.crypto import (InboundGroupSession, OlmMachine, OutboundGroupSession,
                             PgCryptoStore)
 from mautrix.types import DeviceIdentity, EncryptedEvent, Event, TrustState
 from mautrix.util.async_db import Database, Scheme
+
+from bridge.database import keep_session_state
 
 # Inbound sessions kept in memory per device. A ghost's device sees one room and one partner
 # (a session per ~100 messages and per client device); the bot's sees every DM.
 MAX_CACHED_SESSIONS = 512
 # Users whose device keys are kept in memory, per database (so per process).
 MAX_CACHED_USERS = 4096
-
-
-async def keep_session_state(conn: asyncpg.Connection) -> None:
-    """The crypto pool's reset on release (asyncpg's `reset`), instead of the default query
-    (unlock advisory locks, close cursors, UNLISTEN, RESET ALL: a round trip per query).
-    mautrix's crypto store uses none of those, and asyncpg still rolls back any transaction
-    left open before calling this."""
-
-
 # For crypto_database(): the pool arguments that go with this module.
 POOL_ARGS = {"reset": keep_session_state}
 
