@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import asyncpg  # noqa: E402
 
-from bridge.lab import cryptopair as cp  # noqa: E402
+from bridge.lab import cryptopair as cp, figures  # noqa: E402
 from bridge.state_store import TrimmedStateStore  # noqa: E402
 
 ADMIN_DSN = os.environ.get("STRANGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -50,10 +50,7 @@ WARMUP = 20
 
 
 def summary(samples_ms: list[float]) -> dict:
-    ordered = sorted(samples_ms)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"median_ms": round(statistics.median(ordered), 3), "p95_ms": round(p95, 3),
-            "n": len(ordered)}
+    return figures.summary(samples_ms, digits=3)
 
 
 class Pair:

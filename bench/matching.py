@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import asyncpg  # noqa: E402
 from ruamel.yaml import YAML  # noqa: E402
 
+from bridge.lab.figures import percentile  # noqa: E402
+
 ADMIN_DSN = os.environ.get("STRANGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TAGS = [f"tag{i:03}" for i in range(200)]
 TAG_WEIGHTS = [1 / (rank + 1) for rank in range(len(TAGS))]  # Zipf, s = 1
@@ -191,8 +193,6 @@ def backend_cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def percentile(ordered: list[float], fraction: float) -> float:
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def run(uri: str, size: int, processes: int, concurrency: int, seconds: float,

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -32,16 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridge.lab.bridged import start_bridged_lab  # noqa: E402
 from bridge.lab.client import LabClient  # noqa: E402
+from bridge.lab.figures import summary  # noqa: E402
 
 ADMIN_DSN = os.environ.get("STRANGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 WARMUP = 5
 
 
-def summary(samples_ms: list[float]) -> dict:
-    ordered = sorted(samples_ms)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"median_ms": round(statistics.median(ordered), 1), "p95_ms": round(p95, 1),
-            "n": len(ordered)}
 
 
 async def measure(sender: LabClient, sender_room: str, receiver: LabClient,
