@@ -10,7 +10,8 @@ from mautrix.errors import MatrixError
 from bridge.background import Background
 from bridge.commands import Commands
 from bridge.config import Config
-from bridge.crypto import Crypto, crypto_database, prune_expired_keys
+from bridge.crypto import Crypto
+from bridge.crypto_store import crypto_database, prune_expired_keys
 from bridge.database import open_database
 from bridge.device_events import DeviceEvents
 from bridge.dispatcher import Dispatcher

@@ -17,7 +17,8 @@ from mautrix.appservice import AppService
 from mautrix.util.async_db import Database
 
 from bridge.config import Config
-from bridge.crypto import Crypto, RoomStates
+from bridge.crypto import Crypto
+from bridge.crypto_store import RoomStates
 from bridge.state_store import TrimmedStateStore
 
 log = logging.getLogger("bridge.ghost_devices")
