@@ -114,11 +114,11 @@ class Crypto:
             except Exception as e:  # e.g. keys set up before: replacing them needs UIA
                 log.warning("Could not cross-sign the bot's device (%s); some clients will "
                             "warn about it, encryption still works", e)
-        filter_id = await self.client.create_filter(SYNC_FILTER)
         if not self.appservice_mode:
+            filter_id = await self.client.create_filter(SYNC_FILTER)
             self._sync_task = asyncio.create_task(self._sync_loop(filter_id), name="crypto sync")
-        elif known_device:
-            await self._catch_up(filter_id)
+        elif known_device:  # (a new device has nothing waiting for it)
+            await self._catch_up(await self.client.create_filter(SYNC_FILTER))
         log.info("Encryption ready: %s device %s (%s)", self.client.mxid, self.client.device_id,
                  "reused" if known_device else "new")
 
