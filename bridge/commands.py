@@ -46,7 +46,10 @@ class Commands:
     """Commands a user can send in their DM with the bot (and some in their chat room)."""
 
     # The commands that also work inside a chat room; any other !text there is chat.
-    IN_CHAT_ROOM = frozenset({"next", "stop", "help"})
+    IN_CHAT_ROOM = frozenset({"next", "stop", "help", "status"})
+    # Answered where they were sent (by the user's own room's ghost: the partner never sees
+    # that room); the others' answers go to the DM.
+    ANSWERED_IN_CHAT_ROOM = frozenset({"help", "status"})
 
     def __init__(self, pool: asyncpg.Pool, pairing: Pairing) -> None:
         self.pool = pool

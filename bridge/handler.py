@@ -205,12 +205,13 @@ class Handler:
         body = event["content"].get("body") if event["type"] == "m.room.message" else None
         command = parse(body, self.prefix) if isinstance(body, str) else None
         if command is not None and command.name in Commands.IN_CHAT_ROOM:
-            key = (await self.commands.run(side.user_id, command)).key
-            if command.name == "help":
-                await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id, key,
-                                         cause=event["event_id"])
+            # Never relayed: the partner must not see the user's commands.
+            reply = await self.commands.run(side.user_id, command)
+            if command.name in Commands.ANSWERED_IN_CHAT_ROOM:
+                await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id,
+                                         reply.key, cause=event["event_id"], **reply.values)
             else:
-                await self.notify_dm(side.user_id, key, event["event_id"])
+                await self.notify_dm(side.user_id, reply.key, event["event_id"])
             return Outcome.DONE
         if conv.state == "opening":
             # Held until the partner joins, then relayed in order.

@@ -58,3 +58,16 @@ async def test_shared_interest_first_then_fallback_with_notice(bridged: BridgedL
     # They really talk to each other.
     await dan.send_text(dan_room, "hello from the fallback")
     await eve.wait_for_message(eve_room, "hello from the fallback")
+
+    # In the chat room, !status and !help are answered there by the room's ghost, and the
+    # partner sees neither the commands nor the answers (her interests stay hers).
+    mark = ann.mark()
+    await ann.send_text(ann_room, "!status")
+    status = await says(ann, ann_room, "You have been in a chat for", mark)
+    assert status.sender != ann.user_id and "Your interests: cinema, jazz." in status.body
+    await ann.send_text(ann_room, "!help")
+    await says(ann, ann_room, "!next", mark)
+    await ann.send_text(ann_room, "after the commands")
+    await bob.wait_for_message(bob_room, "after the commands")
+    assert not [s for s in bob.log[bob_mark:] if s.room_id == bob_room and s.body
+                and ("!status" in s.body or "!help" in s.body or "chat for" in s.body)]
