@@ -21,6 +21,7 @@ import logging
 from typing import Any
 
 import asyncpg
+from mautrix.api import Method, Path
 from mautrix.appservice import AppService, IntentAPI
 from mautrix.client import Client
 from mautrix.client.syncer import SyncStream
@@ -28,7 +29,6 @@ from mautrix.crypto import RejectKeyShare
 from mautrix.crypto.cross_signing_key import CrossSigningSeeds
 from mautrix.errors import (DecryptionError, EncryptionError, MatrixRequestError,
                             MNotFound, MUnknownToken, SessionNotFound)
-from mautrix.api import Method, Path
 from mautrix.types import (DeviceLists, DeviceOTKCount, EncryptedEvent,
                            EncryptedMegolmEventContent, EventType, Filter, LoginType, Membership,
                            PresenceState, RoomKeyWithheldCode, StateEvent, ToDeviceEvent,
@@ -36,8 +36,8 @@ from mautrix.types import (DeviceLists, DeviceOTKCount, EncryptedEvent,
 from mautrix.util.async_db import Database
 
 from bridge.config import Config
-from bridge.dispatcher import is_transient
 from bridge.crypto_store import RoomStates, delete_account
+from bridge.dispatcher import is_transient
 from bridge.olm import BridgeCryptoStore, BridgeOlmMachine
 from bridge.state_store import TrimmedStateStore
 

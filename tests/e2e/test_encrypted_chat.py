@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 
 from bridge.lab.bridged import BridgedLab
-from tests.e2e.conftest import in_both_encryption_modes
 from bridge.lab.client import LabClient
 from tests.e2e.anonymity import identifiers_of, leaks
+from tests.e2e.conftest import in_both_encryption_modes
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ import signal
 import pytest
 
 from bridge.lab.bridged import BridgedLab
-from tests.e2e.conftest import in_both_encryption_modes
 from bridge.lab.client import LabClient
+from tests.e2e.conftest import in_both_encryption_modes
 
 pytestmark = pytest.mark.e2e
 
