@@ -57,6 +57,20 @@ class InProcessBridge:
         self.users[user.user_id] = user
         return user
 
+    async def pair(self, first: str, second: str) -> tuple["SimUser", "SimUser"]:
+        """Two new users who agree, start and accept: returned once their chat is open."""
+        a, b = self.user(first), self.user(second)
+        await a.ready()
+        await b.ready()
+        mark = self.hs.mark()
+        await a.command("!start", "Looking")
+        await b.command("!start", "Looking")
+        await a.accept(mark)
+        await b.accept(mark)
+        await a.wait_opened(mark)
+        await b.wait_opened(mark)
+        return a, b
+
     def is_ghost(self, user_id: str) -> bool:
         return self.config.is_ghost(user_id)
 

@@ -87,16 +87,7 @@ async def chat(tmp_path, database_uri, monkeypatch):
     errors = ErrorLog()
     logging.getLogger().addHandler(errors)
     try:
-        alice, bob = world.user("alice"), world.user("bob")
-        await alice.ready()
-        await bob.ready()
-        mark = world.hs.mark()
-        await alice.command("!start", "Looking")
-        await bob.command("!start", "Looking")
-        await alice.accept(mark)
-        await bob.accept(mark)
-        await alice.wait_opened(mark)
-        await bob.wait_opened(mark)
+        alice, bob = await world.pair("alice", "bob")
         chat = Chat(world, alice, bob)
         chat.errors = errors
         async with aiohttp.ClientSession() as chat.session:

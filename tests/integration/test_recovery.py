@@ -24,16 +24,7 @@ async def chat(tmp_path, database_uri):
     world = await start_inprocess_bridge(tmp_path, database_uri,
                                          **existing_keys({"logging.level": "WARNING"}))
     try:
-        alice, bob = world.user("alice"), world.user("bob")
-        await alice.ready()
-        await bob.ready()
-        mark = world.hs.mark()
-        await alice.command("!start", "Looking")
-        await bob.command("!start", "Looking")
-        await alice.accept(mark)
-        await bob.accept(mark)
-        await alice.wait_opened(mark)
-        await bob.wait_opened(mark)
+        alice, bob = await world.pair("alice", "bob")
         await world.quiesce()
         yield world, alice, bob
     finally:
