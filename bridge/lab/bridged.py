@@ -120,11 +120,14 @@ class BridgedLab:
             self.bridge.config.write_text(original)
             await self.bridge.restart()
 
-    async def shutdown(self, admin_dsn: str) -> None:
-        """Stop everything this lab started and drop its database."""
+    async def shutdown(self, admin_dsn: str | None) -> None:
+        """Stop everything this lab started and drop its database (through `admin_dsn`;
+        None when the whole server goes, as in the fault tests)."""
         await self.close_clients()
         await self.bridge.stop()
         await self.lab.stop()
+        if admin_dsn is None:
+            return
         admin = await asyncpg.connect(admin_dsn)
         try:
             await admin.execute(

@@ -51,9 +51,7 @@ async def faultlab(tmp_path_factory):
     try:
         yield lab
     finally:
-        await lab.close_clients()
-        await lab.bridge.stop()
-        await lab.lab.stop()
+        await lab.shutdown(None)  # (its database goes with the server)
         await pg.destroy()
 
 

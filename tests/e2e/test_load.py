@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import uuid
 
-import asyncpg
 import pytest
 import pytest_asyncio
 
@@ -34,14 +33,7 @@ async def loadlab(tmp_path_factory):
     try:
         yield lab
     finally:
-        await lab.close_clients()
-        await lab.bridge.stop()
-        await lab.lab.stop()
-        admin = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
+        await lab.shutdown(ADMIN_DSN)
 
 
 async def test_churn_under_load_leaves_nothing_behind(loadlab):
