@@ -42,34 +42,35 @@ async def make_client() -> AsyncIterator[Callable[[LabUser], Awaitable[LabClient
         await client.close()
 
 
-@pytest_asyncio.fixture(scope="session")
-async def bridged(tmp_path_factory: pytest.TempPathFactory) -> BridgedLab:
-    """Two federating homeservers with the real bridge on the first (session-wide)."""
+# The e2e labs' settings: short waits, so invite timeouts and fallbacks happen within a test.
+E2E_SETTINGS = {"bridge.invite_timeout": 15, "bridge.matching.fallback_after": 3}
+
+
+async def _bridged_lab(tmp_path_factory: pytest.TempPathFactory, name: str, **overrides):
     await (await _admin()).close()  # fails clearly when PostgreSQL is missing
-    lab = await start_bridged_lab(tmp_path_factory.mktemp("bridged"), ADMIN_DSN,
-                                  f"stranger_e2e_{uuid.uuid4().hex[:8]}",
-                                  **{"bridge.invite_timeout": 15,
-                                     "bridge.matching.fallback_after": 3})
+    lab = await start_bridged_lab(tmp_path_factory.mktemp(name), ADMIN_DSN,
+                                  f"stranger_{name}_{uuid.uuid4().hex[:8]}",
+                                  **E2E_SETTINGS, **overrides)
     try:
         yield lab
     finally:
         await lab.shutdown(ADMIN_DSN)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def bridged(tmp_path_factory: pytest.TempPathFactory) -> BridgedLab:
+    """Two federating homeservers with the real bridge on the first (session-wide)."""
+    async for lab in _bridged_lab(tmp_path_factory, "e2e"):
+        yield lab
 
 
 @pytest_asyncio.fixture(scope="session")
 async def bridged_appservice(tmp_path_factory: pytest.TempPathFactory) -> BridgedLab:
     """The same with appservice-mode encryption (to-device messages, device lists and key
     counts in transactions, devices made with MSC4190); started by the first test using it."""
-    await (await _admin()).close()
-    lab = await start_bridged_lab(tmp_path_factory.mktemp("bridged_appservice"), ADMIN_DSN,
-                                  f"stranger_e2e_as_{uuid.uuid4().hex[:8]}",
-                                  **{"bridge.invite_timeout": 15,
-                                     "bridge.matching.fallback_after": 3,
-                                     "bridge.encryption.appservice": True})
-    try:
+    async for lab in _bridged_lab(tmp_path_factory, "e2e_as",
+                                  **{"bridge.encryption.appservice": True}):
         yield lab
-    finally:
-        await lab.shutdown(ADMIN_DSN)
 
 
 def in_both_encryption_modes(request: pytest.FixtureRequest, classic: BridgedLab) -> BridgedLab:
