@@ -1,6 +1,6 @@
 """Cost of encryption per relayed message, in process: Crypto.decrypt() and Crypto.encrypt().
 
-The bridge's own Crypto objects (bridge/crypto.py, as each ghost's device uses them) on a real
+The bridge's own Crypto objects (bridge/encryption/crypto.py, as each ghost's device uses them) on a real
 crypto store in a fresh PostgreSQL database, no homeserver (bridge/lab/cryptopair.py): a
 sender device encrypts each message into a room with a shared megolm session, the receiver
 decrypts it. The receiver knows the sender's device keys and, unless --no-cross-signing, its

@@ -2,7 +2,7 @@
 
 For each queue size it builds a fresh database (alembic schema), fills the queue with that
 many waiters, then runs real OS processes that each play arriving users with the code the
-bridge runs (bridge.matchmaker.Matchmaker.arrive: pair at once with a waiting partner, or
+bridge runs (bridge.matching.matchmaker.Matchmaker.arrive: pair at once with a waiting partner, or
 join the queue and claim). Whenever a match takes a waiter out, another user joins without
 claiming, so the queue keeps its size. Preferences are drawn like real ones: 0-5 interest
 tags each from 200, Zipf-distributed (a few popular, a long tail), and a language for most
@@ -130,8 +130,8 @@ def bench_config(uri: str):
 async def play(uri: str, index: int, concurrency: int, seconds: float, start_at: float,
                players: int) -> dict:
     from bridge.database import connect
-    from bridge.matchmaker import Matchmaker
-    from bridge.store import queue
+    from bridge.matching.matchmaker import Matchmaker
+    from bridge.matching import queue
 
     async def matched(conversation_id: int) -> None:
         nonlocal matches

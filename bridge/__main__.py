@@ -17,8 +17,8 @@ from ruamel.yaml import YAML
 from bridge import registration
 from bridge.app import StrangerBridge
 from bridge.config import Config, ConfigError
-from bridge.crypto import MisconfiguredMode
 from bridge.database import DatabaseError, migrate
+from bridge.encryption.crypto import MisconfiguredMode
 
 
 class JsonFormatter(logging.Formatter):

@@ -10,12 +10,12 @@ from mautrix.errors import MatrixError
 from bridge.background import Background
 from bridge.commands import Commands
 from bridge.config import Config
-from bridge.crypto import Crypto
-from bridge.crypto_store import crypto_database, prune_expired_keys
 from bridge.database import open_database
-from bridge.device_events import DeviceEvents
 from bridge.dispatcher import Dispatcher
-from bridge.ghost_devices import GhostDevices
+from bridge.encryption.crypto import Crypto
+from bridge.encryption.crypto_store import crypto_database, prune_expired_keys
+from bridge.encryption.device_events import DeviceEvents
+from bridge.encryption.ghost_devices import GhostDevices
 from bridge.handler import Handler
 from bridge.intake import IntakeAppService
 from bridge.pairing import Pairing

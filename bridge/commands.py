@@ -8,10 +8,12 @@ from typing import Awaitable, Callable
 
 import asyncpg
 
-from bridge import matching, messages
+from bridge import messages
+from bridge.matching import policy
+from bridge.matching import queue
 from bridge.pairing import Pairing
 from bridge.portal import NEXT, STOP
-from bridge.store import conversations, queue, users
+from bridge.store import conversations, users
 
 log = logging.getLogger("bridge.commands")
 
@@ -90,7 +92,7 @@ class Commands:
         if args:
             try:
                 tags = self._parse_tags(args)
-            except matching.PreferenceError as e:
+            except policy.PreferenceError as e:
                 return Reply(e.key, e.values)
             await users.set_tags(self.pool, user_id, tags)
         if await conversations.live_side_of(self.pool, user_id):
@@ -113,7 +115,7 @@ class Commands:
         return Reply("queued_with_preferences", {"wanted": wanted, "fallback": f"{fallback:g}"})
 
     def _parse_tags(self, text: str) -> tuple[str, ...]:
-        return matching.parse_tags(text, self.config["bridge.matching.max_tags"],
+        return policy.parse_tags(text, self.config["bridge.matching.max_tags"],
                                    self.config["bridge.matching.max_tag_length"])
 
     async def _applied(self, user_id: str) -> str:
@@ -131,7 +133,7 @@ class Commands:
             return Reply("interests_show", {"tags": ", ".join(tags)}) if tags else "interests_none"
         try:
             tags = () if args.casefold() in CLEAR_WORDS else self._parse_tags(args)
-        except matching.PreferenceError as e:
+        except policy.PreferenceError as e:
             return Reply(e.key, e.values)
         await users.set_tags(self.pool, user_id, tags)
         when = await self._applied(user_id)
@@ -147,8 +149,8 @@ class Commands:
             _, lang = await users.preferences(self.pool, user_id)
             return Reply("lang_show", {"lang": lang}) if lang else "lang_none"
         try:
-            lang = None if args.casefold() in CLEAR_WORDS else matching.normalise_lang(args)
-        except matching.PreferenceError as e:
+            lang = None if args.casefold() in CLEAR_WORDS else policy.normalise_lang(args)
+        except policy.PreferenceError as e:
             return Reply(e.key, e.values)
         await users.set_lang(self.pool, user_id, lang)
         when = await self._applied(user_id)

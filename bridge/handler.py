@@ -12,8 +12,8 @@ from mautrix.types import EventType, MessageType, TextMessageEventContent
 from bridge import messages
 from bridge.commands import Commands, parse
 from bridge.config import Config
-from bridge.crypto import Crypto, Undecryptable
 from bridge.dispatcher import Outcome
+from bridge.encryption.crypto import Crypto, Undecryptable
 from bridge.pairing import Pairing
 from bridge.portal import Portal, txn_id
 from bridge.relay.relayer import Relayer

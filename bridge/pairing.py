@@ -11,9 +11,10 @@ import asyncpg
 from bridge.background import Background
 from bridge.config import Config
 from bridge.dispatcher import is_transient
-from bridge.matchmaker import Matchmaker
+from bridge.matching import queue
+from bridge.matching.matchmaker import Matchmaker
 from bridge.portal import INVITE_FAILED, INVITE_TIMEOUT, LEFT, Portal
-from bridge.store import conversations, queue, recent_pairs
+from bridge.store import conversations, recent_pairs
 
 log = logging.getLogger("bridge.pairing")
 

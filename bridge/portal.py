@@ -16,8 +16,8 @@ from mautrix.types import EventType, MessageType, RoomCreatePreset, TextMessageE
 
 from bridge import messages
 from bridge.config import Config
-from bridge.crypto import Crypto
-from bridge.ghost_devices import GhostDevices
+from bridge.encryption.crypto import Crypto
+from bridge.encryption.ghost_devices import GhostDevices
 from bridge.store import conversations, users
 from bridge.store.conversations import Conversation, Side
 

@@ -25,8 +25,8 @@ from mautrix.types import (CrossSigner, CrossSigningUsage, DeviceIdentity, Encry
 from mautrix.util.async_db import Database
 
 from bridge.config import Config
-from bridge.crypto import Crypto
-from bridge.crypto_store import crypto_database
+from bridge.encryption.crypto import Crypto
+from bridge.encryption.crypto_store import crypto_database
 from bridge.lab.bridge_process import write_config
 from bridge.state_store import TrimmedStateStore
 

@@ -11,9 +11,10 @@ from ruamel.yaml import YAML
 
 from bridge.background import Background
 from bridge.config import Config
+from bridge.matching import queue
 from bridge.pairing import Pairing
 from bridge.portal import NEXT, STOP
-from bridge.store import conversations, queue
+from bridge.store import conversations
 
 
 class AcceptingPortal:

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import random
 
-from bridge import matching
-from bridge.matchmaker import Matchmaker
-from bridge.store import claim, queue, recent_pairs, users
+from bridge.matching import policy
+from bridge.matching import claim, queue
+from bridge.matching.matchmaker import Matchmaker
+from bridge.store import recent_pairs, users
 
 TAGS = ["cinema", "jazz", "chess", "cats", "rock music", "tea"]
 LANGS = [None, None, "en", "fr", "de"]
 
 
-async def fill(pool, rnd: random.Random, size: int) -> tuple[list[matching.Waiter], set]:
+async def fill(pool, rnd: random.Random, size: int) -> tuple[list[policy.Waiter], set]:
     """A random queue: random preferences, some still choosy, some flexible; some pairs
     kept apart (recent partners or blocks). Returns the waiters and the avoided pairs."""
     await pool.execute("TRUNCATE waiting, waiting_keys, recent_pairs, users CASCADE")
@@ -31,7 +32,7 @@ async def fill(pool, rnd: random.Random, size: int) -> tuple[list[matching.Waite
                 await claim.widen(conn, user_id)
             choosy = False
         seq = await pool.fetchval("SELECT seq FROM waiting WHERE user_id = $1", user_id)
-        waiters.append(matching.Waiter(user_id, seq, frozenset(tags), lang, not choosy))
+        waiters.append(policy.Waiter(user_id, seq, frozenset(tags), lang, not choosy))
     avoided = set()
     for _ in range(size // 3):
         a, b = rnd.sample(waiters, 2)
@@ -45,15 +46,15 @@ async def fill(pool, rnd: random.Random, size: int) -> tuple[list[matching.Waite
     return waiters, avoided
 
 
-async def sql_partner(pool, me: matching.Waiter) -> str | None:
+async def sql_partner(pool, me: policy.Waiter) -> str | None:
     async with pool.acquire() as conn:
         tr = conn.transaction()
         await tr.start()
         try:
             locked, _ = await claim.lock_self(conn, me.user_id)
             assert locked == me
-            partner = await claim.lock_partner(conn, me, matching.probes(me))
-            found_any = await claim.any_candidate(conn, me, matching.probes(me))
+            partner = await claim.lock_partner(conn, me, policy.probes(me))
+            found_any = await claim.any_candidate(conn, me, policy.probes(me))
             assert found_any == (partner is not None)
             return partner.user_id if partner else None
         finally:
@@ -65,9 +66,9 @@ async def test_sql_claim_equals_the_policy_on_random_queues(pool):
     checked = found = 0
     for _ in range(25):
         waiters, avoided = await fill(pool, rnd, rnd.randint(2, 24))
-        avoid = matching.avoid_pairs(avoided)
+        avoid = policy.avoid_pairs(avoided)
         for me in waiters:
-            expected = matching.choose_partner(me, waiters, avoid)
+            expected = policy.choose_partner(me, waiters, avoid)
             got = await sql_partner(pool, me)
             assert got == (expected.user_id if expected else None), (me, waiters, avoided)
             checked += 1
@@ -89,13 +90,13 @@ async def test_many_equal_candidates_beyond_the_per_probe_limit(pool):
     for user_id in others[:claim.CANDIDATES_PER_PROBE + 1]:
         await recent_pairs.avoid(pool, "@me:x", user_id)
     await queue.enqueue(pool, "@me:x", fallback_after=3600)
-    me = matching.Waiter("@me:x", await pool.fetchval(
+    me = policy.Waiter("@me:x", await pool.fetchval(
         "SELECT seq FROM waiting WHERE user_id = '@me:x'"), frozenset({"jazz"}), None, False)
     assert await sql_partner(pool, me) == others[claim.CANDIDATES_PER_PROBE + 1]
 
 
 async def newcomers_for(pool, rnd: random.Random, waiters, avoided: set, count: int
-                        ) -> list[matching.Waiter]:
+                        ) -> list[policy.Waiter]:
     """Users about to arrive (not queued), some kept apart from some waiters."""
     newcomers = []
     for i in range(count):
@@ -106,7 +107,7 @@ async def newcomers_for(pool, rnd: random.Random, waiters, avoided: set, count: 
         await users.set_tags(pool, user_id, tags)
         await users.set_lang(pool, user_id, lang)
         flexible = not (tags or lang) or rnd.random() < 0.3  # (fallback_after 0: anyone)
-        newcomers.append(matching.Waiter(user_id, claim.NEWEST, frozenset(tags), lang, flexible))
+        newcomers.append(policy.Waiter(user_id, claim.NEWEST, frozenset(tags), lang, flexible))
         for other in rnd.sample(waiters, min(len(waiters), rnd.choice([0, 0, 1, 2]))):
             await recent_pairs.avoid(pool, user_id, other.user_id)
             avoided.add((user_id, other.user_id))
@@ -121,10 +122,10 @@ async def test_a_batch_of_newcomers_gets_the_policy_s_partners_one_after_the_oth
     for _ in range(25):
         waiters, avoided = await fill(pool, rnd, rnd.randint(2, 24))
         newcomers = await newcomers_for(pool, rnd, waiters, avoided, rnd.randint(1, 8))
-        avoid = matching.avoid_pairs(avoided)
+        avoid = policy.avoid_pairs(avoided)
         expected, left = [], list(waiters)
         for me in newcomers:
-            partner = matching.choose_partner(me, left, avoid)
+            partner = policy.choose_partner(me, left, avoid)
             left = [w for w in left if partner is None or w.user_id != partner.user_id]
             expected.append((me.user_id, partner.user_id if partner else None))
         async with pool.acquire() as conn:
@@ -165,8 +166,8 @@ class counting:
 async def test_the_claim_uses_the_indexes(pool):
     """Each look-up is an index probe: no sequential scan of the queue, whatever its size,
     in the generic plan the claim's transaction asks for too."""
-    me = matching.Waiter("@me:x", 1, frozenset({"jazz", "cats"}), None, False)
-    p = matching.probes(me)
+    me = policy.Waiter("@me:x", 1, frozenset({"jazz", "cats"}), None, False)
+    p = policy.probes(me)
     single = ("text, text[], text[], text[], text[], boolean", claim._args(me, p))
     batch = ("text[], text[], bigint[], text[], text[], bigint[], text[], bigint[], text[], "
              "bigint[]",

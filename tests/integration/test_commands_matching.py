@@ -6,7 +6,8 @@ import pytest
 
 from bridge import messages
 from bridge.commands import Commands, Parsed
-from bridge.store import queue, users
+from bridge.matching import queue
+from bridge.store import users
 from tests.integration.test_pairing import config, live_partner, setup  # noqa: F401 (fixtures)
 
 

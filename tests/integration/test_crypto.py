@@ -1,4 +1,4 @@
-"""Decrypting and encrypting relayed messages (bridge/crypto.py) on a real crypto store in
+"""Decrypting and encrypting relayed messages (bridge/encryption/crypto.py) on a real crypto store in
 PostgreSQL: what making them cheaper (caches, fewer and later writes) must not change. No
 homeserver: bridge/lab/cryptopair.py hands keys over directly, and any HTTP request fails
 the test."""
@@ -13,8 +13,8 @@ from mautrix.crypto import PgCryptoStore
 from mautrix.errors import EncryptionError
 from mautrix.types import EventType, TrustState
 
-from bridge import olm as bridge_olm
-from bridge.crypto import Undecryptable
+from bridge.encryption import olm as bridge_olm
+from bridge.encryption.crypto import Undecryptable
 from bridge.lab import cryptopair as cp
 from bridge.state_store import TrimmedStateStore
 
@@ -84,7 +84,7 @@ async def test_relays_with_one_round_trip_each_way(lab):
     assert decrypted["type"] == "m.room.message"
     assert decrypted["content"] == cp.text("hello")
     assert decrypted["sender"] == sender.client.mxid
-    # Before bridge/olm.py: 4 and 14 (with the pool's reset on every release).
+    # Before bridge/encryption/olm.py: 4 and 14 (with the pool's reset on every release).
     assert middle - before == 1
     assert after - middle == 1
 
@@ -272,7 +272,7 @@ async def test_sessions_leaving_the_cache_keep_their_bookkeeping(lab, monkeypatc
 
 
 async def test_crypto_pool_still_rolls_back_what_was_left_open(lab):
-    # bridge/olm.py's pool reset skips asyncpg's reset query, not its rollback.
+    # bridge/encryption/olm.py's pool reset skips asyncpg's reset query, not its rollback.
     lab = await lab()
     async with lab.db.pool.acquire() as conn:
         raw = conn._con

@@ -8,7 +8,7 @@ import pytest
 from mautrix.crypto import PgCryptoStore
 from mautrix.util.async_db import Database
 
-from bridge.crypto_store import delete_account, prune_expired_keys
+from bridge.encryption.crypto_store import delete_account, prune_expired_keys
 
 BOT = "@strangerbot:example.org"
 GHOST = "@_stranger_abc:example.org"

@@ -10,10 +10,10 @@ import time
 import asyncpg
 import pytest
 
-from bridge import matching
 from bridge.background import Background
+from bridge.matching import policy
+from bridge.matching import queue
 from bridge.pairing import Pairing
-from bridge.store import queue
 from tests.integration import churn
 
 USERS = 2000
@@ -126,7 +126,7 @@ async def check_invariants(pool, outcomes) -> None:
     rows = await pool.fetch("SELECT user_id, seq, tags, lang, flexible FROM waiting")
     avoided = await pool.fetch("SELECT user_a, user_b FROM recent_pairs")
     left = [queue.waiter(r) for r in rows]
-    assert matching.pair_up(left, matching.avoid_pairs((r["user_a"], r["user_b"])
+    assert policy.pair_up(left, policy.avoid_pairs((r["user_a"], r["user_b"])
                                                        for r in avoided)) == []
 
 

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from bridge.matching import claim, queue
 from bridge.portal import NEXT
-from bridge.store import claim, conversations, queue, recent_pairs, users
+from bridge.store import conversations, recent_pairs, users
 from tests.integration.test_pairing import (FakePortal, config, live_partner,  # noqa: F401
                                             new_users, settle, setup)
 
@@ -247,7 +248,7 @@ async def test_a_claim_waits_out_a_partner_another_claim_holds(pool, setup):
 
 async def test_a_claim_that_keeps_meeting_contention_leaves_it_to_the_timer(pool, setup,
                                                                             monkeypatch):
-    from bridge import matchmaker
+    from bridge.matching import matchmaker
     monkeypatch.setattr(matchmaker, "CLAIM_PATIENCE_SECONDS", 0.1)
     pairing, _, _ = setup
     a, b = await person(pool, "a", ["rare"]), await person(pool, "b", ["rare"])
@@ -329,12 +330,12 @@ async def test_a_newcomer_is_not_paired_while_another_process_is_queueing_them(p
 
 
 async def test_newcomers_arriving_at_once_are_paired_as_if_one_after_the_other(pool, setup):
-    """Arrivals in the same moment share one transaction (bridge.batcher): each still gets
+    """Arrivals in the same moment share one transaction (bridge.matching.batcher): each still gets
     the partner the policy gives when they come one after the other, the same user arriving
     twice is paired once, an unknown user is refused, and nobody is lost."""
     import random
 
-    from bridge import matching
+    from bridge.matching import policy
     pairing, _, _ = setup
     rnd = random.Random(5)
     tags, langs = ["cinema", "jazz", "chess"], [None, None, "en", "fr"]
@@ -349,12 +350,12 @@ async def test_newcomers_arriving_at_once_are_paired_as_if_one_after_the_other(p
     newcomers = []
     for i in range(30):
         t, lang = rnd.sample(tags, rnd.choice([0, 1, 1, 2])), rnd.choice(langs)
-        newcomers.append(matching.Waiter(await person(pool, f"n{i}", t, lang), claim.NEWEST,
+        newcomers.append(policy.Waiter(await person(pool, f"n{i}", t, lang), claim.NEWEST,
                                          frozenset(t), lang, not (t or lang)))
     # What one arrival after the other would give (the window is long: choosy stay choosy).
     expected, left = {}, list(waiting)
     for me in newcomers:
-        partner = matching.choose_partner(me, left)
+        partner = policy.choose_partner(me, left)
         left = [w for w in left if partner is None or w.user_id != partner.user_id]
         expected[me.user_id] = partner.user_id if partner else None
     assert 5 < sum(p is not None for p in expected.values()) < 30
@@ -372,7 +373,7 @@ async def test_newcomers_arriving_at_once_are_paired_as_if_one_after_the_other(p
     assert any(w.user_id.startswith("@n") for w in left)
     for me in left:
         if me.user_id.startswith("@n"):
-            assert matching.choose_partner(me, left) is None
+            assert policy.choose_partner(me, left) is None
     live = await pool.fetchval("SELECT count(*) FROM conversation_sides WHERE live")
     assert live + len(rows) == 60
     assert await pool.fetchval(
@@ -383,7 +384,7 @@ async def test_newcomers_arriving_at_once_are_paired_as_if_one_after_the_other(p
 
 async def test_one_match_failing_to_start_opening_leaves_the_batch_s_others_opening(pool, config):
     """Matches made together are each handed on (opened) even when one hand-over fails."""
-    from bridge.matchmaker import Matchmaker
+    from bridge.matching.matchmaker import Matchmaker
     handed: list[int] = []
 
     async def on_matched(conversation_id: int) -> None:

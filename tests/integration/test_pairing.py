@@ -8,9 +8,10 @@ from ruamel.yaml import YAML
 
 from bridge.background import Background
 from bridge.config import Config
+from bridge.matching import queue
 from bridge.pairing import Pairing
 from bridge.portal import INVITE_TIMEOUT, LEFT, NEXT
-from bridge.store import conversations, queue, users
+from bridge.store import conversations, users
 
 
 class FakePortal:

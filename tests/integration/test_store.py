@@ -4,7 +4,9 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from bridge.store import conversations, inbox, queue, relayed, users
+from bridge.store import conversations, inbox, relayed, users
+
+from bridge.matching import queue
 
 A, B, C = "@alice:a.example", "@bob:b.example", "@carol:c.example"
 

@@ -1,11 +1,11 @@
-"""Group commit (bridge.batcher): who runs together, and who gets which result."""
+"""Group commit (bridge.matching.batcher): who runs together, and who gets which result."""
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 
-from bridge.batcher import Batcher
+from bridge.matching.batcher import Batcher
 
 
 class Recorder:

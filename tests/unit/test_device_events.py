@@ -6,7 +6,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from bridge.device_events import DeviceEvents
+from bridge.encryption.device_events import DeviceEvents
 
 BOT = "@strangerbot:example.org"
 GHOST = "@_stranger_abc:example.org"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.matching import Waiter, compatible, pair_up
+from bridge.matching.policy import Waiter, compatible, pair_up
 
 
 def waiters(*user_ids: str) -> list[Waiter]:

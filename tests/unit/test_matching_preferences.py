@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from bridge import messages
-from bridge.matching import (LOOK_AGAIN, PreferenceError, Waiter, accept_in_order, accepts,
+from bridge.matching.policy import (LOOK_AGAIN, PreferenceError, Waiter, accept_in_order, accepts,
                              avoid_nobody, avoid_pairs, choose_partner, compatible,
                              fallback_delay, in_cooldown, is_flexible, normalise_lang,
                              normalise_tag, pair_up, parse_tags, probe_matches, probes,

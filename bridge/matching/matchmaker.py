@@ -2,7 +2,7 @@
 
 A newcomer is first offered the longest-waiting partner who will have them, in one
 transaction (the usual case under load: no queueing at all), shared with the newcomers who
-arrived in the same moment (bridge.batcher), each served in turn. Otherwise they join the queue
+arrived in the same moment (bridge.matching.batcher), each served in turn. Otherwise they join the queue
 and a claim is made for them; the match timer claims again when something changes for a
 waiter by itself (their preference window closes, a cooldown with someone waiting expires).
 Because every newcomer looks for their partner, a queue left by claims holds nobody who
@@ -21,13 +21,14 @@ from typing import Awaitable, Callable
 
 import asyncpg
 
-from bridge import matching
-from bridge.batcher import Batcher
 from bridge.config import Config
 from bridge.dispatcher import is_transient
-from bridge.store import claim, conversations, queue, recent_pairs
+from bridge.matching import policy
+from bridge.matching import claim, queue
+from bridge.matching.batcher import Batcher
+from bridge.store import conversations, recent_pairs
 
-log = logging.getLogger("bridge.matchmaker")
+log = logging.getLogger("bridge.matching.matchmaker")
 
 # How long a claim keeps retrying while other claims hold its candidates, before leaving
 # the waiter to the timer.
@@ -81,7 +82,7 @@ class Matchmaker:
         first: dict[str, int] = {}
         for i, (user_id, _) in enumerate(arrivals):
             first.setdefault(user_id, i)  # (the same user twice: the queue tells them apart)
-        pairs: list[tuple[matching.Waiter, matching.Waiter]] = []
+        pairs: list[tuple[policy.Waiter, policy.Waiter]] = []
         created: list[int] = []
         async with self.pool.acquire() as conn:
             try:
@@ -93,7 +94,7 @@ class Matchmaker:
                         if me is None:
                             outcomes[i] = False
                         elif not me.has_preferences or arrivals[i][1] <= 0:
-                            newcomers.append(matching.Waiter(user_id, me.seq, me.tags, me.lang,
+                            newcomers.append(policy.Waiter(user_id, me.seq, me.tags, me.lang,
                                                              True))
                         else:
                             newcomers.append(me)
@@ -124,15 +125,15 @@ class Matchmaker:
         return outcomes
 
     @staticmethod
-    async def _find_partners(conn, newcomers: list[matching.Waiter]
-                             ) -> list[tuple[matching.Waiter, matching.Waiter | None]]:
+    async def _find_partners(conn, newcomers: list[policy.Waiter]
+                             ) -> list[tuple[policy.Waiter, policy.Waiter | None]]:
         """Each newcomer's partner (or None), locked, as if they had looked one after the
         other: a look-up for all, again for those whose find an earlier one took."""
-        decided: list[tuple[matching.Waiter, matching.Waiter | None]] = []
+        decided: list[tuple[policy.Waiter, policy.Waiter | None]] = []
         taken: set[str] = set()
         pending = list(zip(newcomers, await claim.lock_partners(conn, newcomers, taken)))
         while pending:
-            done, pending, again = matching.accept_in_order(pending, taken)
+            done, pending, again = policy.accept_in_order(pending, taken)
             decided += done
             if again:
                 found = await claim.lock_partners(conn, [pending[i][0] for i in again], taken)
@@ -174,8 +175,8 @@ class Matchmaker:
                     me, window_closed = locked
                     if window_closed:
                         await claim.widen(conn, user_id)
-                        me = matching.Waiter(me.user_id, me.seq, me.tags, me.lang, True)
-                    probes = matching.probes(me)
+                        me = policy.Waiter(me.user_id, me.seq, me.tags, me.lang, True)
+                    probes = policy.probes(me)
                     partner = await claim.lock_partner(conn, me, probes)
                     if partner is None:
                         if await claim.any_candidate(conn, me, probes):
@@ -183,7 +184,7 @@ class Matchmaker:
                         self._check_in(await claim.settle(conn, user_id))
                         return None
                     # The partner's row is its latest version: re-check it under the lock.
-                    if not matching.compatible(me, partner):
+                    if not policy.compatible(me, partner):
                         raise _Retry
                     return await self._create(conn, me, partner)
             except asyncpg.UniqueViolationError:
@@ -198,16 +199,16 @@ class Matchmaker:
         if seconds is not None and loop.time() + seconds < self._timer_runs_at - 0.01:
             self.wake.set()
 
-    def _conversation(self, me: matching.Waiter, partner: matching.Waiter
+    def _conversation(self, me: policy.Waiter, partner: policy.Waiter
                       ) -> conversations.NewConversation:
         # Side 0 is whoever has waited longer.
         first, second = sorted((me, partner), key=lambda w: w.seq)
         return conversations.NewConversation(
             first.user_id, second.user_id, self.config.ghost_mxid(), self.config.ghost_mxid(),
-            matching.shared_tags(first, second),
-            (matching.unmet(first, second), matching.unmet(second, first)))
+            policy.shared_tags(first, second),
+            (policy.unmet(first, second), policy.unmet(second, first)))
 
-    async def _create(self, conn, me: matching.Waiter, partner: matching.Waiter) -> int:
+    async def _create(self, conn, me: policy.Waiter, partner: policy.Waiter) -> int:
         [conversation_id] = await conversations.create_many(
             conn, [self._conversation(me, partner)], self.config["bridge.invite_timeout"],
             from_queue=True)

@@ -10,7 +10,7 @@ The queue is served in arrival order: among compatible partners, the one waiting
 goes first. Nobody starves: a user only moves towards the front of the queue, and once
 flexible is compatible with everyone flexible.
 
-bridge/store/claim.py implements the same rule in SQL, through `probes` below; the tests
+bridge/matching/claim.py implements the same rule in SQL, through `probes` below; the tests
 check that both agree.
 """
 from __future__ import annotations

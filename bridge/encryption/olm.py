@@ -51,7 +51,7 @@ class _Devices:
     """Device keys by (user, identity key), for every store on one database (the table has no
     account column: the bot's and the ghosts' devices share it). Every write to crypto_device
     in this process goes through some BridgeCryptoStore.put_devices, except delete_account
-    (bridge/crypto_store.py) deleting a ghost's own device keys as its device goes for good, which
+    (bridge/encryption/crypto_store.py) deleting a ghost's own device keys as its device goes for good, which
     closes its store after: BridgeCryptoStore.close forgets them."""
 
     def __init__(self) -> None:

@@ -17,11 +17,11 @@ from mautrix.appservice import AppService
 from mautrix.util.async_db import Database
 
 from bridge.config import Config
-from bridge.crypto import Crypto
-from bridge.crypto_store import RoomStates
+from bridge.encryption.crypto import Crypto
+from bridge.encryption.crypto_store import RoomStates
 from bridge.state_store import TrimmedStateStore
 
-log = logging.getLogger("bridge.ghost_devices")
+log = logging.getLogger("bridge.encryption.ghost_devices")
 
 GHOST_DEVICE_NAME = "Stranger"
 

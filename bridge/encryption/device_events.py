@@ -17,11 +17,11 @@ from typing import Awaitable
 from mautrix.client.syncer import SyncStream
 from mautrix.types import EventType, ToDeviceEvent
 
-from bridge.crypto import Crypto
 from bridge.dispatcher import is_transient
-from bridge.ghost_devices import GhostDevices
+from bridge.encryption.crypto import Crypto
+from bridge.encryption.ghost_devices import GhostDevices
 
-log = logging.getLogger("bridge.device_events")
+log = logging.getLogger("bridge.encryption.device_events")
 
 # Unstable names first: Synapse sends only those today.
 TO_DEVICE_KEYS = ("de.sorunome.msc2409.to_device", "to_device")

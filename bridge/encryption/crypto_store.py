@@ -20,11 +20,11 @@ from mautrix.types import EventType, Membership
 from mautrix.util.async_db import Database
 
 from bridge.config import Config
-from bridge.olm import POOL_ARGS
+from bridge.encryption.olm import POOL_ARGS
 from bridge.state_store import TrimmedStateStore
 from bridge.store import conversations, users
 
-log = logging.getLogger("bridge.crypto_store")
+log = logging.getLogger("bridge.encryption.crypto_store")
 
 
 class RoomStates(StateStore):

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import asyncpg
 
-from bridge.matching import Waiter
+from bridge.matching.policy import Waiter
 
 # A new waiter is due for the match timer after this long, in case the process that queued
 # them dies before looking for their partner (it normally looks at once).

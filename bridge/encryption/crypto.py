@@ -36,12 +36,12 @@ from mautrix.types import (DeviceLists, DeviceOTKCount, EncryptedEvent,
 from mautrix.util.async_db import Database
 
 from bridge.config import Config
-from bridge.crypto_store import RoomStates, delete_account
 from bridge.dispatcher import is_transient
-from bridge.olm import BridgeCryptoStore, BridgeOlmMachine
+from bridge.encryption.crypto_store import RoomStates, delete_account
+from bridge.encryption.olm import BridgeCryptoStore, BridgeOlmMachine
 from bridge.state_store import TrimmedStateStore
 
-log = logging.getLogger("bridge.crypto")
+log = logging.getLogger("bridge.encryption.crypto")
 
 DEVICE_NAME = "Stranger Bridge"
 # A room key often arrives a moment after its event (to-device messages take another path).

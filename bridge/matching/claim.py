@@ -4,15 +4,15 @@ Every look-up is a btree probe that returns rows already in arrival order (see
 bridge.matching.probes and the indexes in alembic 0002), so a claim costs the same with a
 hundred or a hundred thousand users waiting. Rows are locked with SKIP LOCKED: claims in
 several processes never wait for each other; one that skipped a locked candidate says so,
-and the caller tries again (bridge.matchmaker).
+and the caller tries again (bridge.matching.matchmaker).
 """
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from typing import Collection
 
-from bridge.matching import Probes, Waiter, probes
-from bridge.store import queue
+from bridge.matching import queue
+from bridge.matching.policy import Probes, Waiter, probes
 from bridge.store.recent_pairs import NOT_AVOIDED
 
 # Candidates fetched per look-up, and in all, before locking: enough that a few concurrent
@@ -123,7 +123,7 @@ async def transaction(conn):
 async def lock_newcomers(conn, user_ids: list[str]) -> dict[str, Waiter]:
     """Users about to join the queue, as waiters (the newest; choosy when they have
     preferences), their user rows locked until the transaction ends: queueing them
-    (bridge.store.queue.enqueue) takes the same lock, so a newcomer is never paired here
+    (bridge.matching.queue.enqueue) takes the same lock, so a newcomer is never paired here
     while also being queued elsewhere. Unknown users are left out. (Locked in user_id
     order, so two batches sharing users never deadlock.)"""
     rows = await conn.fetch(
