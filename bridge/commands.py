@@ -184,8 +184,10 @@ class Commands:
         side = await conversations.live_side_of(self.pool, user_id)
         if side is None:
             return await self.start(user_id)
-        await self.pairing.end(side.conversation_id, NEXT, user_id, requeue=[user_id])
-        return "requeued"
+        if await self.pairing.end(side.conversation_id, NEXT, user_id, requeue=[user_id]):
+            return "requeued"
+        # The partner ended it in the same moment: the user still asked for someone new.
+        return await self.start(user_id)
 
     async def stop(self, user_id: str, args: str = "") -> str:
         side = await conversations.live_side_of(self.pool, user_id)

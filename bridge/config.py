@@ -42,7 +42,8 @@ class Config(BaseFileConfig):
             "database.uri", "database.pool_min_size", "database.pool_max_size",
             "database.migrate_on_start",
             "bridge.ghost_localpart_template", "bridge.ghost_displayname",
-            "bridge.invite_timeout", "bridge.max_body_bytes", "bridge.command_prefix",
+            "bridge.invite_timeout", "bridge.goodbye_linger", "bridge.max_body_bytes",
+            "bridge.command_prefix",
             "bridge.matching.fallback_after", "bridge.matching.rematch_cooldown",
             "bridge.matching.max_tags", "bridge.matching.max_tag_length",
             "bridge.encryption.allow", "bridge.encryption.default", "bridge.encryption.require",
@@ -125,6 +126,7 @@ class Config(BaseFileConfig):
                               "needs a fixed prefix or suffix so real users are not claimed")
         _str(self, "bridge.ghost_displayname", r".{1,100}")
         _int(self, "bridge.invite_timeout", 5, 86400)
+        _seconds(self, "bridge.goodbye_linger", 0, 60)
         _int(self, "bridge.max_body_bytes", 1, 60000)
         _str(self, "bridge.command_prefix", r"\S{1,3}")
         _seconds(self, "bridge.matching.fallback_after", 0, 3600)

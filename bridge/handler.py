@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime, timezone
 
 import asyncpg
 from mautrix.appservice import AppService
@@ -23,6 +24,14 @@ from bridge.store.conversations import Side
 log = logging.getLogger("bridge.handler")
 
 LEFT_MEMBERSHIPS = ("leave", "ban")
+
+
+def event_time(event: dict) -> datetime:
+    """When the sender's homeserver says the event was made (now, when it does not say)."""
+    ts = event.get("origin_server_ts")
+    if isinstance(ts, int) and not isinstance(ts, bool) and 0 < ts < 2**53:
+        return datetime.fromtimestamp(ts / 1000, timezone.utc)
+    return datetime.now(timezone.utc)
 
 
 class Handler:
@@ -103,12 +112,15 @@ class Handler:
             await self.bot.leave_room(room_id)
             return Outcome.DONE
         side = await conversations.side_by_room(self.pool, room_id)
-        if side is None or side.user_id != target or not side.live:
+        if side is None or side.user_id != target:
             return Outcome.DONE
-        if membership == "join":
+        if membership == "join" and side.live:
             await self.pairing.joined(side.conversation_id, side.side)
-        elif membership in LEFT_MEMBERSHIPS:
-            await self.pairing.leave(side.conversation_id, target)
+        elif membership in LEFT_MEMBERSHIPS and (
+                side.live or (side.joined_at is not None and sender == target)):
+            # (Also their own leave of a chat that has just ended: the partner may have left
+            # in the same moment.)
+            await self.pairing.leave(side.conversation_id, target, event_time(event))
         return Outcome.DONE
 
     async def on_encryption_enabled(self, room_id: str) -> None:
@@ -196,10 +208,12 @@ class Handler:
 
     async def on_chat_event(self, side: Side, event: dict) -> Outcome:
         conv = await conversations.get(self.pool, side.conversation_id)
-        if not side.live or conv.state == "ended":
-            return Outcome.DONE
+        # A chat that has just ended: the user's commands still count (a !next sent in the
+        # same moment as the partner's leave), nothing is relayed any more.
+        ended = not side.live or conv.state == "ended"
         if event["type"] == "m.room.encrypted":
-            event = await self.decrypt_chat_event(side, event)
+            event = await (self.decrypt_late_chat_event(side, event) if ended
+                           else self.decrypt_chat_event(side, event))
             if event is None:
                 return Outcome.DONE
         body = event["content"].get("body") if event["type"] == "m.room.message" else None
@@ -207,11 +221,13 @@ class Handler:
         if command is not None and command.name in Commands.IN_CHAT_ROOM:
             # Never relayed: the partner must not see the user's commands.
             reply = await self.commands.run(side.user_id, command)
-            if command.name in Commands.ANSWERED_IN_CHAT_ROOM:
+            if command.name in Commands.ANSWERED_IN_CHAT_ROOM and not ended:
                 await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id,
                                          reply.key, cause=event["event_id"], **reply.values)
             else:
                 await self.notify_dm(side.user_id, reply.key, event["event_id"])
+            return Outcome.DONE
+        if ended:
             return Outcome.DONE
         if conv.state == "opening":
             # Held until the partner joins, then relayed in order.
@@ -237,3 +253,15 @@ class Handler:
         await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id, key,
                                  cause=event["event_id"])
         return None
+
+    async def decrypt_late_chat_event(self, side: Side, event: dict) -> dict | None:
+        """An encrypted event in a room whose chat has ended, read while the ghost's device
+        is still there (it goes with the room); None, silently, otherwise."""
+        devices = self.portal.ghost_devices
+        device = devices.running(side.ghost_id) if devices is not None else None
+        if device is None:
+            return None
+        try:
+            return await device.decrypt(event)
+        except Undecryptable:
+            return None

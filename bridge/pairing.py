@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime, timedelta
 from typing import Awaitable, Callable
 
 import asyncpg
@@ -13,12 +14,33 @@ from bridge.config import Config
 from bridge.dispatcher import is_transient
 from bridge.matching import queue
 from bridge.matching.matchmaker import Matchmaker
-from bridge.portal import INVITE_FAILED, INVITE_TIMEOUT, LEFT, Portal
+from bridge.portal import INVITE_FAILED, INVITE_TIMEOUT, LEFT, NEXT, STOP, Portal
 from bridge.store import conversations, recent_pairs
+from bridge.store.conversations import Conversation
 
 log = logging.getLogger("bridge.pairing")
 
 Notify = Callable[[str, str, str], Awaitable[None]]  # (user_id, message key, cause)
+
+# How much later than the goodbye a leave may be stamped and still count as made before the
+# user could see it: the leave carries their homeserver's clock, the goodbye ours.
+CLOCK_SKEW_ALLOWANCE = timedelta(seconds=2)
+# Endings the partner chose; the other side was not queued again by them.
+PARTNER_ENDINGS = frozenset({LEFT, NEXT, STOP})
+
+
+def left_to_rematch(conv: Conversation, user_id: str, left_at: datetime) -> bool:
+    """A leave that found its conversation already ended by the partner: was it made before
+    the user could have known (before the goodbye reached their room, give or take the
+    clocks)? Then it is a leave to rematch, as if it had come first. A leave well after the
+    goodbye is tidying up and queues nobody."""
+    side = conv.side_of(user_id)
+    if (conv.state != "ended" or side is None or side.joined_at is None
+            or conv.end_reason not in PARTNER_ENDINGS
+            or conv.ended_by != conv.partner_of(side).user_id):
+        return False
+    # Until the goodbye is sent the user cannot have seen the end.
+    return side.goodbye_at is None or left_at <= side.goodbye_at + CLOCK_SKEW_ALLOWANCE
 
 
 class Pairing:
@@ -128,10 +150,28 @@ class Pairing:
             await self.matchmaker.claim(user_id)
         return True
 
-    async def leave(self, conversation_id: int, user_id: str) -> None:
-        """The user left their room: end the chat and look for someone new for them."""
-        if await self.end(conversation_id, LEFT, user_id, requeue=[user_id]):
+    async def leave(self, conversation_id: int, user_id: str, left_at: datetime) -> None:
+        """The user left their room (at `left_at`, by their homeserver): end the chat and look
+        for someone new for them, also when the partner ended it in the same moment."""
+        if (await self.end(conversation_id, LEFT, user_id, requeue=[user_id])
+                or await self.requeue_late_leaver(conversation_id, user_id, left_at)):
             await self.notify_dm(user_id, "requeued", f"left {conversation_id}")
+
+    async def requeue_late_leaver(self, conversation_id: int, user_id: str,
+                                  left_at: datetime) -> bool:
+        """The conversation had ended before the user's leave was handled: queue them again
+        when they left to rematch (left_to_rematch). True when queued."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Serialised with the ending and with the partner's own late leave.
+            await conversations.lock(conn, conversation_id)
+            conv = await conversations.get(conn, conversation_id)
+            if conv is None or not left_to_rematch(conv, user_id, left_at):
+                return False
+            if not await queue.enqueue(conn, user_id, self.fallback_after):
+                return False  # already waiting or chatting again
+        log.info("Conversation %d: side left as it ended; queued again", conversation_id)
+        await self.matchmaker.claim(user_id)
+        return True
 
     async def expire(self, conversation_id: int, reason: str = INVITE_TIMEOUT) -> None:
         """An invite went unanswered: drop the absent side(s), queue the present one again."""

@@ -5,6 +5,7 @@ whatever the database says is unfinished.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from typing import Callable
@@ -164,28 +165,42 @@ class Portal:
     # -- closing ----------------------------------------------------------------------------
 
     async def close(self, conversation_id: int) -> None:
-        """Say goodbye in each room still open and take the ghost out of it."""
+        """Say goodbye in each room still open, then take the ghosts out."""
         conv = await conversations.get(self.pool, conversation_id)
         if conv is None or conv.state != "ended":
             return
-        for side in conv.sides:
-            if side.closed_at is None:
-                await self._close_side(conv, side)
-                await conversations.mark_closed(self.pool, conv.id, side.side)
+        closing = [side for side in conv.sides if side.closed_at is None]
+        told = [t for t in [await self._goodbye(conv, side) for side in closing] if t is not None]
+        if told:
+            # A user told their partner left may be leaving in the same moment. Their leave
+            # reaches us only while a ghost is still in their room (a homeserver sends an
+            # appservice the events of rooms its users are in): stay a moment, counted from
+            # the first goodbye (a close resumed after a restart waits only what is left).
+            await asyncio.sleep(max(0.0, self.config["bridge.goodbye_linger"] - max(told)))
+        for side in closing:
+            await self._close_side(conv, side, goodbye_said=True)
+            await conversations.mark_closed(self.pool, conv.id, side.side)
         if self.on_closed:
             self.on_closed([s.room_id for s in conv.sides if s.room_id],
                            [s.ghost_id for s in conv.sides])
 
-    async def _close_side(self, conv: Conversation, side: Side) -> None:
+    async def _close_side(self, conv: Conversation, side: Side, goodbye_said: bool = False) -> None:
         """Goodbye, the ghost out of the room, and its encryption device deleted: every path
         that closes a side (an ended conversation, a room abandoned while opening) ends here."""
         if side.room_id is not None:
-            await self._leave_side(conv, side)
+            if not goodbye_said:
+                await self._goodbye(conv, side)
+            await self._ghost_leaves(conv, side)
         if self.ghost_devices:
             # Also when the room was never recorded: the device is made before the room.
             await self.ghost_devices.forget(side.ghost_id)
 
-    async def _leave_side(self, conv: Conversation, side: Side) -> None:
+    async def _goodbye(self, conv: Conversation, side: Side) -> float | None:
+        """Tell the side why the chat ended. When told that the partner left, the moment is
+        recorded (a leave of theirs stamped before it was a leave to rematch) and the seconds
+        since it are returned."""
+        if side.room_id is None:
+            return None
         ghost = self.ghost(side.ghost_id)
         partner = conv.partner_of(side)
         try:
@@ -196,6 +211,7 @@ class Portal:
                 await self.notice(ghost, side.room_id, "you_left", cause=conv.id)
             elif conv.ended_by == partner.user_id:
                 await self.notice(ghost, side.room_id, "partner_left", cause=conv.id)
+                return await conversations.mark_goodbye(self.pool, conv.id, side.side)
             elif conv.end_reason in (INVITE_TIMEOUT, INVITE_FAILED):
                 await self.notice(ghost, side.room_id, "partner_no_show", cause=conv.id)
         except MatrixRequestError as e:
@@ -203,6 +219,10 @@ class Portal:
             if e.http_status >= 500 or e.http_status == 429:
                 raise
             log.info("Conversation %d: closing side %d: %s", conv.id, side.side, e)
+        return None
+
+    async def _ghost_leaves(self, conv: Conversation, side: Side) -> None:
+        ghost = self.ghost(side.ghost_id)
         try:
             # Whatever became of the goodbye, the ghost must not stay in the room.
             await ghost.leave_room(side.room_id)

@@ -52,6 +52,10 @@ class GhostDevices:
         self._starting.pop(ghost_id, None)
         return device
 
+    def running(self, ghost_id: str) -> Crypto | None:
+        """The ghost's device if it is running now (never starts or brings one back)."""
+        return self._devices.get(ghost_id)
+
     async def find(self, ghost_id: str, device_id: str) -> Crypto | None:
         """The ghost's device with this ID (started if it is only stored, e.g. after a
         restart), or None when the ghost has no such device (never had, or forgotten)."""

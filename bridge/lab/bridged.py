@@ -65,9 +65,12 @@ class BridgedLab:
             lambda s: s.room_id == dm and s.sender == self.bot_id and expect in (s.body or ""),
             since=mark, description=f"reply to {text!r} containing {expect!r}")
 
-    async def ready_user(self, hs_index: int, name: str) -> tuple[LabClient, str]:
-        client = await self.client(hs_index, name)
-        dm = await self.open_dm(client)
+    async def ready_user(self, hs_index: int, name: str,
+                         encrypted: bool = False) -> tuple[LabClient, str]:
+        """A user who has DMed the bot (`encrypted`: with an E2EE device and an encrypted DM,
+        so their chat rooms are encrypted too) and agreed to the rules."""
+        client = await self.client(hs_index, name, encrypted=encrypted)
+        dm = await self.open_dm(client, encrypted=encrypted)
         await self.command(client, dm, "!agree", "Thanks")
         return client, dm
 

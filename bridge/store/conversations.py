@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 _SIDE_COLUMNS = ("conversation_id, side, user_id, ghost_id, room_id, joined_at, live, closed_at, "
-                 "interests_unmet, language_unmet")
+                 "interests_unmet, language_unmet, goodbye_at")
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class Side:
     # The match fell back on this user's interests / language (their opening notice says so).
     interests_unmet: bool = False
     language_unmet: bool = False
+    # When the user was told the partner had gone ("Stranger has disconnected.").
+    goodbye_at: datetime | None = None
 
     @property
     def other(self) -> int:
@@ -180,6 +182,14 @@ async def end(conn, conversation_id: int, reason: str, ended_by: str | None) -> 
     await conn.execute(
         "UPDATE conversation_sides SET live = false WHERE conversation_id = $1", conversation_id)
     return True
+
+
+async def mark_goodbye(db, conversation_id: int, side: int) -> float:
+    """Record (once) that the side was told the partner had gone; seconds since then."""
+    return await db.fetchval(
+        """UPDATE conversation_sides SET goodbye_at = coalesce(goodbye_at, now())
+           WHERE conversation_id = $1 AND side = $2
+           RETURNING extract(epoch FROM now() - goodbye_at)::float8""", conversation_id, side)
 
 
 async def mark_closed(db, conversation_id: int, side: int) -> None:

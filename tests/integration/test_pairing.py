@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 import pytest
 from ruamel.yaml import YAML
@@ -59,6 +60,10 @@ async def setup(pool, config):
     pairing = Pairing(pool, config, portal, notify_dm, background)
     yield pairing, portal, notified
     await asyncio.wait_for(background.wait(timeout=10), timeout=15)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 async def settle(pairing: Pairing) -> None:
@@ -161,11 +166,11 @@ async def test_leave_requeues_the_leaver_and_tells_them(pool, setup):
     await pairing.enqueue(a)
     await pairing.enqueue(b)
     conv_id = (await conversations.live_side_of(pool, a)).conversation_id
-    await pairing.leave(conv_id, b)
+    await pairing.leave(conv_id, b, now())
     assert (await conversations.get(pool, conv_id)).end_reason == LEFT
     assert await queue.is_waiting(pool, b)
     assert [(u, k) for u, k, _ in notified] == [(b, "requeued")]
-    await pairing.leave(conv_id, b)  # a second leave (a retried event) is a no-op
+    await pairing.leave(conv_id, b, now())  # a second leave (a retried event) is a no-op
     assert len(notified) == 1
 
 
