@@ -21,6 +21,7 @@ from bridge.intake import IntakeAppService
 from bridge.pairing import Pairing
 from bridge.portal import Portal
 from bridge.recovery import Recovery
+from bridge.relay.ephemeral import EphemeralRelay
 from bridge.relay.relayer import Relayer
 from bridge.state_store import TrimmedStateStore, forget_user_logger
 from bridge.store import conversations, inbox
@@ -74,6 +75,8 @@ class StrangerBridge:
         self.dispatcher.precheck = self.recovery.missed_before
         self.dispatcher.on_transient = self.recovery.on_transient
         self.appservice.on_transaction = self.recovery.on_transaction
+        self.ephemeral = EphemeralRelay(self.pool, self.portal, self.background)
+        self.appservice.on_ephemeral = self.ephemeral.handle
         device_events = None
         if c["bridge.encryption.allow"] and c["bridge.encryption.appservice"]:
             # Transactions may bring room keys before encryption has started: they wait.
@@ -109,9 +112,12 @@ class StrangerBridge:
 
     async def _after_ready(self, device_events: DeviceEvents | None) -> None:
         await self.recovery.ping()
-        if device_events is not None:  # after the ping: it marks us up in the homeserver
-            # A wrong registration or homeserver setting would otherwise fail silently.
+        # After the ping (it marks us up in the homeserver): a wrong registration or
+        # homeserver setting would otherwise fail silently. One after the other: typing
+        # while the to-device check waits made its message go missing now and then.
+        if device_events is not None:
             await device_events.check_delivery()
+        await self.ephemeral.check_delivery()
 
     async def _prepare_bot(self) -> None:
         bot = self.appservice.intent

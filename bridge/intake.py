@@ -68,6 +68,8 @@ class IntakeAppService(AppService):
         # Appservice-mode encryption (device_events.py): to-device messages, device lists and
         # key counts, handled before the answer because the homeserver sends them only once.
         self.on_device_events: Callable[[dict], Awaitable[None]] | None = None
+        # Typing notifications and read receipts (relay/ephemeral.py): sent once, not stored.
+        self.on_ephemeral: Callable[[list[dict]], None] | None = None
         kwargs.setdefault("aiohttp_params", {"client_max_size": MAX_TRANSACTION_BYTES})
         super().__init__(*args, **kwargs)
 
@@ -106,6 +108,9 @@ class IntakeAppService(AppService):
                               "retry: %s", txn_id, e)
                     return _error(503, "M_UNKNOWN", "could not handle the transaction, "
                                   "retry later")
+        ephemeral = body.get("ephemeral", body.get("de.sorunome.msc2409.ephemeral"))
+        if self.on_ephemeral is not None and isinstance(ephemeral, list):
+            self.on_ephemeral(ephemeral)
         valid = [e for e in events if well_formed(e)]
         if len(valid) != len(events):
             log.warning("Transaction %s: skipped %d malformed event(s)", txn_id,

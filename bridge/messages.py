@@ -133,7 +133,10 @@ ENGLISH: dict[str, str] = {
     "refused_unsupported_event": "That can't be sent to the stranger; it was not delivered.",
     "refused_too_long": "That message is too long to deliver. Please split it up.",
     "refused_malformed": "That message could not be read, so it was not delivered.",
-    "refused_unknown_target": "That edit refers to a message the stranger never got; it was not delivered.",
+    "refused_unknown_target": "That refers to a message the stranger never got; it was not delivered.",
+    "refused_location": "Locations are never sent to the stranger; that one was not delivered.",
+    "refused_poll": "Polls can't be sent to the stranger; that one was not delivered.",
+    "refused_custom_reaction": "Custom emoji reactions can't be sent to the stranger; use a standard emoji.",
     "encryption_disabled": (
         "This bridge's operator has turned encryption off, so I can't read this encrypted "
         "chat. Please open a new DM with me with encryption turned off. I'm leaving this room."

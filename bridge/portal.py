@@ -11,6 +11,7 @@ import logging
 from typing import Callable
 
 import asyncpg
+from mautrix.api import Method, Path
 from mautrix.appservice import AppService, IntentAPI
 from mautrix.errors import MatrixRequestError
 from mautrix.types import EventType, MessageType, RoomCreatePreset, TextMessageEventContent
@@ -77,6 +78,13 @@ class Portal:
             _, content = await device.encrypt(room_id, event_type, content)
             etype = EventType.ROOM_ENCRYPTED
         return await self.ghost(ghost_id).send_message_event(room_id, etype, content, txn_id=txn)
+
+    async def redact(self, ghost_id: str, room_id: str, event_id: str, txn: str) -> str:
+        """Redact the ghost's own event (never encrypted: the homeserver applies it). The
+        transaction ID makes a repeat after a crash a no-op, like send()."""
+        response = await self.ghost(ghost_id).api.request(
+            Method.PUT, Path.v3.rooms[room_id].redact[event_id][txn], content={})
+        return response["event_id"]
 
     async def should_encrypt(self, user_id: str) -> bool:
         """bridge.encryption.default: true/false, or auto: like the user's own DM with the bot

@@ -15,7 +15,13 @@ def generate(config: Config) -> dict:
     """Fresh tokens go into the config (so the bridge knows them) and the registration."""
     config["appservice.as_token"] = new_token()
     config["appservice.hs_token"] = new_token()
-    return {**_base(config), **encryption_flags(config)}
+    return {**_base(config), **EPHEMERAL_FLAGS, **encryption_flags(config)}
+
+
+# Typing notifications and read receipts in transactions (relayed to the partner), and in
+# appservice mode the to-device messages (MSC4203 rides on them); both names, for older
+# homeservers.
+EPHEMERAL_FLAGS = {"receive_ephemeral": True, "de.sorunome.msc2409.push_ephemeral": True}
 
 
 def encryption_flags(config: Config) -> dict:
@@ -23,10 +29,6 @@ def encryption_flags(config: Config) -> dict:
     if not (config["bridge.encryption.allow"] and config["bridge.encryption.appservice"]):
         return {}
     return {
-        # To-device messages in transactions (MSC2409, MSC4203: Synapse sends them only to
-        # appservices that take ephemeral events; both names, for older homeservers).
-        "receive_ephemeral": True,
-        "de.sorunome.msc2409.push_ephemeral": True,
         # Device list changes and one-time key counts in transactions.
         "org.matrix.msc3202": True,
         # The appservice creates and deletes its users' devices itself.

@@ -34,6 +34,7 @@ READY_TIMEOUT = 60.0
 # really delivers them to us (registration flags and homeserver settings right).
 DELIVERY_CHECK = EventType.find("org.strangerbridge.delivery_check", EventType.Class.TO_DEVICE)
 DELIVERY_CHECK_TIMEOUT = 30.0
+RESEND_EVERY = 10.0
 
 
 class NotReady(TimeoutError):  # transient, like any timeout: the homeserver retries
@@ -90,8 +91,10 @@ class DeviceEvents:
         changed = _first(body, DEVICE_LISTS_KEYS, dict).get("changed")
         if isinstance(changed, list) and (users := [u for u in changed if isinstance(u, str)]):
             await self._guard("device list changes", self.bot.handle_device_lists(users))
+        # (The start-up check's message tells whether key counts come with it: MSC3202.)
+        bot_counts = bool(_first(body, OTK_COUNT_KEYS, dict).get(self.bot.client.mxid))
         for raw in _first(body, TO_DEVICE_KEYS, list):
-            await self._to_device(raw)
+            await self._to_device(raw, bot_counts)
         for user_id, devices in _first(body, OTK_COUNT_KEYS, dict).items():
             for device_id, count in devices.items() if isinstance(devices, dict) else ():
                 if isinstance(count, dict) and (device := await self.find(user_id, device_id)):
@@ -102,10 +105,24 @@ class DeviceEvents:
         transaction; False (and an error saying what to fix) when it does not."""
         nonce = secrets.token_hex(16)
         arrived = self._checks[nonce] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            await self.bot.client.send_to_device(DELIVERY_CHECK, {
-                self.bot.client.mxid: {self.bot.device_id: {"nonce": nonce}}})
-            await asyncio.wait_for(arrived, timeout)
+            # Sent again now and then: Synapse drops an appservice's to-device messages while
+            # it believes it down, which it may for a moment after a restart.
+            while not arrived.done():
+                if loop.time() >= deadline:
+                    raise asyncio.TimeoutError
+                await self.bot.client.send_to_device(DELIVERY_CHECK, {
+                    self.bot.client.mxid: {self.bot.device_id: {"nonce": nonce}}})
+                await asyncio.wait([arrived], timeout=min(RESEND_EVERY, deadline - loop.time()))
+            if not arrived.result():
+                log.error(
+                    "Appservice-mode encryption is on (bridge.encryption.appservice: true) and "
+                    "to-device messages arrive, but without one-time key counts: the "
+                    "registration lacks org.matrix.msc3202 (and io.element.msc4190, for the "
+                    "ghosts' devices). Run -g again, or set bridge.encryption.appservice: false")
+                return False
             log.info("Appservice-mode encryption: the homeserver delivers to-device messages")
             return True
         except asyncio.TimeoutError:
@@ -121,13 +138,13 @@ class DeviceEvents:
         finally:
             self._checks.pop(nonce, None)
 
-    async def _to_device(self, raw: object) -> None:
+    async def _to_device(self, raw: object, bot_counts: bool = False) -> None:
         if not _is_to_device(raw):
             log.warning("Skipped a malformed to-device event")
             return
         if raw["type"] == DELIVERY_CHECK.t and raw["sender"] == self.bot.client.mxid:
             if (check := self._checks.get(raw["content"].get("nonce"))) and not check.done():
-                check.set_result(None)
+                check.set_result(bot_counts)
             return
         device = await self.find(raw["to_user_id"], raw["to_device_id"])
         if device is None:

@@ -12,7 +12,7 @@ import asyncpg
 
 from bridge.config import Config
 from bridge.portal import Portal, txn_id
-from bridge.relay.sanitise import Refused, sanitise
+from bridge.relay.sanitise import Refused, redacted_event_id, sanitise
 from bridge.store import relayed
 from bridge.store.conversations import Conversation, Side
 
@@ -45,6 +45,9 @@ class Relayer:
             # transaction-ID dedup is only in memory, so do not count on it.
             return
         partner = conv.partner_of(side)
+        if event["type"] == "m.room.redaction":
+            await self._redact(conv, side, event)
+            return
         mapping = {}
         for event_id in referenced_event_ids(event.get("content")):
             mapping[event_id] = await relayed.counterpart(self.pool, conv.id, event_id)
@@ -62,3 +65,16 @@ class Relayer:
             txn_id("relay", event["event_id"]))
         await relayed.record(self.pool, event["event_id"], conv.id, partner.room_id,
                              target_event_id)
+
+    async def _redact(self, conv: Conversation, side: Side, event: dict) -> None:
+        """The user took back one of their relayed messages or reactions: the ghost takes
+        back its copy (without the reason, which is free text). A redaction of something
+        that never crossed has nothing to mirror and nothing to tell."""
+        original = redacted_event_id(event)
+        copy = await relayed.target_of(self.pool, original) if original else None
+        if copy is None:
+            return
+        partner = conv.partner_of(side)
+        redaction = await self.portal.redact(partner.ghost_id, partner.room_id, copy,
+                                             txn_id("redact", event["event_id"]))
+        await relayed.record(self.pool, event["event_id"], conv.id, partner.room_id, redaction)

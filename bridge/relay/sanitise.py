@@ -228,6 +228,8 @@ def _message(content: dict, ctx: _Ctx, is_reply: bool = False) -> dict:
     msgtype = _opt(content, "msgtype", str)
     if msgtype is None:
         raise _Refuse("malformed", "msgtype missing")
+    if msgtype == "m.location":
+        raise _Refuse("location", "locations never cross")
     handler = _MSGTYPES.get(msgtype)
     if handler is None:
         raise _Refuse("unsupported_msgtype", "msgtype not relayed")
@@ -291,8 +293,49 @@ def _room_message(content: dict, ctx: _Ctx) -> dict:
     return out
 
 
-# Per-event-type handlers; add m.reaction, m.room.redaction etc. here.
-_EVENT_TYPES: dict[str, Callable[[dict, _Ctx], dict]] = {"m.room.message": _room_message}
+MAX_REACTION_KEY_BYTES = 256  # an emoji, or a few words; not a message in disguise
+
+
+def _reaction(content: dict, ctx: _Ctx) -> dict:
+    relates = _opt(content, "m.relates_to", dict)
+    if relates is None or _opt(relates, "rel_type", str) != "m.annotation":
+        raise _Refuse("malformed", "reaction without an annotation")
+    key = _opt(relates, "key", str)
+    if not key:
+        raise _Refuse("malformed", "reaction without a key")
+    if len(key.encode("utf-8")) > MAX_REACTION_KEY_BYTES:
+        raise _Refuse("too_long", "reaction key too long")
+    if key.startswith("mxc://"):
+        # A custom emoji (MSC4027) is an image on the sender's homeserver.
+        raise _Refuse("custom_reaction", "custom emoji reaction")
+    mapped = ctx.map(_event_id(relates))
+    if mapped is None:
+        raise _Refuse("unknown_target", "reacted-to event is not relayed")
+    return {"m.relates_to": {"rel_type": "m.annotation", "event_id": mapped, "key": key}}
+
+
+def redacted_event_id(event: dict) -> str | None:
+    """The event a redaction takes back: `redacts` is in the content from room version 11
+    on, at the top level before."""
+    content = event.get("content")
+    for where in (content if isinstance(content, dict) else {}, event):
+        target = where.get("redacts")
+        if isinstance(target, str) and target.startswith("$"):
+            return target
+    return None
+
+
+# Per-event-type handlers (redactions are mirrored by the relayer: they have no content to
+# carry across, only a mapped target).
+_EVENT_TYPES: dict[str, Callable[[dict, _Ctx], dict]] = {
+    "m.room.message": _room_message, "m.reaction": _reaction,
+}
+# Event types refused with a reason of their own (what the sender is told).
+_REFUSED_EVENT_TYPES = {
+    "m.poll.start": "poll", "org.matrix.msc3381.poll.start": "poll",
+    "m.poll.response": "poll", "org.matrix.msc3381.poll.response": "poll",
+    "m.poll.end": "poll", "org.matrix.msc3381.poll.end": "poll",
+}
 
 
 def sanitise(
@@ -305,7 +348,8 @@ def sanitise(
     """Content safe to send to the partner room, or why the event can't be relayed."""
     handler = _EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
     if handler is None:
-        return Refused("unsupported_event", "event type not relayed")
+        return Refused(_REFUSED_EVENT_TYPES.get(event_type, "unsupported_event"),
+                       "event type not relayed")
     if not isinstance(content, dict):
         return Refused("malformed", "content is not an object")
     try:

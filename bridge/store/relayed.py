@@ -26,3 +26,11 @@ async def target_of(db, source_event_id: str) -> str | None:
     """The copy of source_event_id in the partner's room, when it was relayed."""
     return await db.fetchval(
         "SELECT target_event_id FROM relayed WHERE source_event_id = $1", source_event_id)
+
+
+async def source_of(db, conversation_id: int, target_event_id: str) -> str | None:
+    """The original of a copy the bridge sent into a room of this conversation."""
+    return await db.fetchval(
+        """SELECT source_event_id FROM relayed
+           WHERE conversation_id = $1 AND target_event_id = $2""",
+        conversation_id, target_event_id)

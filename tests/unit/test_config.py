@@ -260,8 +260,8 @@ def test_cli_missing_config_file(tmp_path):
     assert "nope.yaml" in result.stderr
 
 
-ENCRYPTION_FLAGS = ("receive_ephemeral", "de.sorunome.msc2409.push_ephemeral",
-                    "org.matrix.msc3202", "io.element.msc4190")
+EPHEMERAL_FLAGS = ("receive_ephemeral", "de.sorunome.msc2409.push_ephemeral")
+ENCRYPTION_FLAGS = ("org.matrix.msc3202", "io.element.msc4190")
 
 
 @pytest.mark.parametrize("encryption, flagged", [
@@ -269,7 +269,7 @@ ENCRYPTION_FLAGS = ("receive_ephemeral", "de.sorunome.msc2409.push_ephemeral",
     ({"appservice": False}, False),
     ({"appservice": True, "allow": False}, False),  # no encryption: nothing to ask for
 ])
-def test_registration_has_the_flags_appservice_mode_needs(tmp_path, encryption, flagged):
+def test_registration_has_the_flags_each_mode_needs(tmp_path, encryption, flagged):
     config_path = write_yaml(tmp_path / "config.yaml", {
         "homeserver": {"domain": "chat.example.net"}, "bridge": {"encryption": encryption}})
     registration_path = tmp_path / "registration.yaml"
@@ -278,3 +278,5 @@ def test_registration_has_the_flags_appservice_mode_needs(tmp_path, encryption, 
     reg = YAML().load(registration_path.read_text())
     assert {flag: reg.get(flag) for flag in ENCRYPTION_FLAGS} == {
         flag: (True if flagged else None) for flag in ENCRYPTION_FLAGS}
+    # Typing and read receipts are relayed in every mode.
+    assert all(reg.get(flag) is True for flag in EPHEMERAL_FLAGS)

@@ -112,8 +112,8 @@ class LoopbackClient:
     """Sends the bot's to-device messages straight back as a transaction would (or drops
     them, as a homeserver without appservice to-device delivery does)."""
 
-    def __init__(self, mxid: str, deliver: bool) -> None:
-        self.mxid, self.deliver = mxid, deliver
+    def __init__(self, mxid: str, deliver: bool, key_counts: bool = True) -> None:
+        self.mxid, self.deliver, self.key_counts = mxid, deliver, key_counts
         self.events: DeviceEvents | None = None
 
     async def send_to_device(self, event_type, messages) -> None:
@@ -121,18 +121,28 @@ class LoopbackClient:
             raw = [{"type": str(event_type), "sender": self.mxid, "to_user_id": user,
                     "to_device_id": device, "content": content}
                    for user, devices in messages.items() for device, content in devices.items()]
-            asyncio.get_running_loop().create_task(
-                self.events.handle({"de.sorunome.msc2409.to_device": raw}))
+            body = {"de.sorunome.msc2409.to_device": raw}
+            if self.key_counts:  # (MSC3202: counts for the devices the transaction names)
+                body["org.matrix.msc3202.device_one_time_keys_count"] = {
+                    user: {device: {"signed_curve25519": 50} for device in devices}
+                    for user, devices in messages.items()}
+            asyncio.get_running_loop().create_task(self.events.handle(body))
 
 
-@pytest.mark.parametrize("delivered", [True, False])
-async def test_delivery_check_sees_whether_to_device_messages_arrive(delivered, caplog):
+@pytest.mark.parametrize("delivered, key_counts, confirmed, fix", [
+    (True, True, True, None),
+    (False, True, False, "io.element.msc4190"),
+    # Only the ephemeral flags (which every mode's registration has): to-device arrives.
+    (True, False, False, "org.matrix.msc3202"),
+])
+async def test_delivery_check_sees_whether_to_device_messages_arrive(
+        delivered, key_counts, confirmed, fix, caplog):
     bot = FakeDevice(BOT, "BOTDEV")
-    bot.client = LoopbackClient(BOT, deliver=delivered)
+    bot.client = LoopbackClient(BOT, deliver=delivered, key_counts=key_counts)
     events = started(bot)
     bot.client.events = events
     # Delivered: it returns as soon as the message is back (the timeout is only an upper
     # bound); not delivered: it gives up after the (short) timeout and says what to fix.
-    assert await events.check_delivery(timeout=5 if delivered else 0.2) is delivered
-    assert bot.got == []  # the check message is not handed to the device
-    assert ("io.element.msc4190" in caplog.text) is (not delivered)
+    assert await events.check_delivery(timeout=5 if delivered else 0.2) is confirmed
+    assert bot.got in ([], [("otk", 50)])  # the check message itself is not handed over
+    assert (fix is not None and fix in caplog.text) is (not confirmed)
