@@ -2,7 +2,7 @@
 fake homeserver of bridge/lab/fakehs.py), a fixed set of users paired again and again
 (start, join, one message each way, stop, clean-up) until N conversations have come and
 gone. Prints RSS and live Python objects as it goes (and the median and p95 of RSS growth
-per report interval and of a wave's time), and the bridge's per-room caches at the end,
+per 1,000 conversations and of a wave's time), and the bridge's per-room caches at the end,
 which must be back where they started. tests/integration/test_memory.py checks, on any
 machine, what does not depend on it (caches, loggers, objects kept per conversation).
 
@@ -91,11 +91,13 @@ async def main(total: int, user_count: int, json_path: str | None) -> dict:
             await admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
             await admin.close()
     first = rows[0]
-    # RSS growth between reports (after the first: allocator and connection warm-up).
-    growth = [b["rss_mib"] - a["rss_mib"] for a, b in zip(rows, rows[1:])] or [0.0]
+    # RSS growth per 1,000 conversations between reports, after the first 1,000 (allocator
+    # and connection warm-up).
+    growth = [(b["rss_mib"] - a["rss_mib"]) * 1000 / (b["conversations"] - a["conversations"])
+              for a, b in zip(rows, rows[1:])] or [0.0]
     result = {"wave_ms": summary(wave_ms),
-              "rss_growth_per_report_mib": {k.replace("_ms", ""): v for k, v in
-                                            summary(growth, digits=2).items()},
+              "rss_growth_per_1000_mib": {k.replace("_ms", ""): v for k, v in
+                                          summary(growth, digits=2).items()},
               "users": user_count, "conversations": rows[-1]["conversations"],
               "rss_start_mib": mib(start_rss), "rss_after_first_1000_mib": first["rss_mib"],
               "rss_end_mib": rows[-1]["rss_mib"],
@@ -105,9 +107,9 @@ async def main(total: int, user_count: int, json_path: str | None) -> dict:
               "live_conversations_left": live, "sides_not_cleaned_up": unclosed, "rows": rows}
     print(f"caches at start: {start_caches}\ncaches at end:   {end_caches}")
     print(f"a wave of {user_count // 2} conversations: median {result['wave_ms']['median_ms']} "
-          f"ms, p95 {result['wave_ms']['p95_ms']} ms; RSS growth per report after the first: "
-          f"median {result['rss_growth_per_report_mib']['median']} MiB, "
-          f"p95 {result['rss_growth_per_report_mib']['p95']} MiB")
+          f"ms, p95 {result['wave_ms']['p95_ms']} ms; RSS growth per 1,000 conversations after "
+          f"the first 1,000: median {result['rss_growth_per_1000_mib']['median']} MiB, "
+          f"p95 {result['rss_growth_per_1000_mib']['p95']} MiB")
     print(f"RSS {result['rss_start_mib']} MiB at start, {first['rss_mib']} MiB after "
           f"{first['conversations']}, {result['rss_end_mib']} MiB after "
           f"{result['conversations']} conversations; live left {live}, unclosed {unclosed}")
