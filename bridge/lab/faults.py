@@ -137,6 +137,20 @@ async def _send_all(client: LabClient, room_id: str, bodies: list[str], interval
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
+async def unhandled_settles(lab: BridgedLab, timeout: float = 60) -> int:
+    """Wait until the inbox has nothing left to handle; return what is left at the end."""
+    conn = await asyncpg.connect(lab.database_uri)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = await conn.fetchval("SELECT count(*) FROM inbox WHERE handled_at IS NULL")
+            if left == 0 or time.monotonic() > deadline:
+                return left
+            await asyncio.sleep(0.2)  # polling a condition, with a deadline
+    finally:
+        await conn.close()
+
+
 async def _finish(pair: Pair, a2b: Direction, b2a: Direction, prefixes: tuple[str, str],
                   timeout: float) -> None:
     """A last message each way: the bridge handles a room's events in order, so once the
@@ -243,9 +257,9 @@ async def crash_run(lab: BridgedLab, pair: Pair, *, messages: int, kills: int,
     log_text = lab.bridge.log_path.read_bytes()[log_offset:].decode(errors="replace")
     adopted = sum(int(n) for n in re.findall(r": (\d+) (?:earlier|trailing) event\(s\) were "
                                              r"never delivered", log_text))
+    unhandled = await unhandled_settles(lab)  # (the other rooms' events may still be handled)
     conn = await asyncpg.connect(lab.database_uri)
     try:
-        unhandled = await conn.fetchval("SELECT count(*) FROM inbox WHERE handled_at IS NULL")
         for direction in (a2b, b2a):
             rows = await conn.fetch("SELECT event_id FROM inbox WHERE event_id = ANY($1::text[])"
                                     " ORDER BY seq", list(direction.event_ids))

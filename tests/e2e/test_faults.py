@@ -30,7 +30,7 @@ import pytest_asyncio
 
 from bridge.lab.bridged import BridgedLab, start_bridged_lab
 from bridge.lab.faults import (Direction, crash_run, database_restart_run, make_pair,
-                               relayed_bodies, wait_for_body)
+                               relayed_bodies, unhandled_settles, wait_for_body)
 from bridge.lab.pgtemp import TempPostgres
 
 pytestmark = pytest.mark.e2e
@@ -64,20 +64,6 @@ def print_log_problems(lab: BridgedLab, offset: int) -> None:
 
 def log_offset(lab: BridgedLab) -> int:
     return lab.bridge.log_path.stat().st_size
-
-
-async def unhandled_settles(lab: BridgedLab, timeout: float = 60) -> int:
-    """Wait until the inbox has nothing left to handle; return what is left at the end."""
-    conn = await asyncpg.connect(lab.database_uri)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = await conn.fetchval("SELECT count(*) FROM inbox WHERE handled_at IS NULL")
-            if left == 0 or time.monotonic() > deadline:
-                return left
-            await asyncio.sleep(0.2)  # polling a condition, with a deadline
-    finally:
-        await conn.close()
 
 
 async def test_crash_safety_under_random_sigkills(faultlab: BridgedLab):
