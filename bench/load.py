@@ -1,7 +1,9 @@
 """Load: 200+ real users on the two lab homeservers churn through the real bridge for
 several minutes (agree, start, accept, chat, then leave / !next / !stop, again), then all
-stop. Prints throughput, latency percentiles, the bridge's peak RSS, errors, and whether
-every room and conversation the bridge made is live or cleaned up.
+stop. Prints throughput, latency percentiles, the bridge's RSS (median, p95, peak, and how
+far the second half's peak rose over the first half's: memory bounds are this script's
+figures, not tests/e2e/test_load.py's), errors, and whether every room and conversation the
+bridge made is live or cleaned up.
 
     python bench/load.py [--users 200] [--seconds 360] [--interval 30] [--think 90 240]
                          [--arrival 90] [--json FILE] [--log FILE]
@@ -65,6 +67,7 @@ async def main(users: int, seconds: float, interval: float, think: tuple[float, 
             "conversations_per_minute": round(s.conversations / report.seconds * 60, 1),
             "ended": s.ended, "latency": latency_summary(report),
             "bridge_peak_rss_mib": report.bridge_peak_rss_mib,
+            "bridge_rss_mib": report.rss_figures,
             "bridge_rss_samples_mib": report.bridge_rss_mib,
             "errors": s.errors + report.bridge_errors, "duplicates": s.duplicates,
             "invites_withdrawn": s.invites_withdrawn, "cpu_seconds": report.cpu_seconds,

@@ -1,8 +1,10 @@
 """Memory over many conversations: the whole bridge in this process (real PostgreSQL, the
 fake homeserver of bridge/lab/fakehs.py), a fixed set of users paired again and again
 (start, join, one message each way, stop, clean-up) until N conversations have come and
-gone. Prints RSS and live Python objects as it goes, and the bridge's per-room caches at
-the end, which must be back where they started.
+gone. Prints RSS and live Python objects as it goes (and the median and p95 of RSS growth
+per 1,000 conversations and of a wave's time), and the bridge's per-room caches at the end,
+which must be back where they started. tests/integration/test_memory.py checks, on any
+machine, what does not depend on it (caches, loggers, objects kept per conversation).
 
     python bench/memory.py [-n 10000] [--users 100] [--json FILE]
 
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import asyncpg  # noqa: E402
 
+from bridge.lab.figures import summary  # noqa: E402
 from bridge.lab.inprocess import (cache_sizes, conversation_wave, existing_keys,  # noqa: E402
                                   rss_bytes, start_inprocess_bridge)
 
@@ -61,8 +64,11 @@ async def main(total: int, user_count: int, json_path: str | None) -> dict:
             print(f"{'conversations':>13} {'seconds':>8} {'conv/s':>7} {'RSS MiB':>8} "
                   f"{'objects':>8}", flush=True)
             done, started, next_report = 0, time.perf_counter(), 1000
+            wave_ms: list[float] = []
             while done < total:
+                wave_started = time.perf_counter()
                 await conversation_wave(world, users)
+                wave_ms.append((time.perf_counter() - wave_started) * 1000)
                 world.hs.forget_sent()
                 done += user_count // 2
                 if done >= next_report or done >= total:
@@ -85,7 +91,14 @@ async def main(total: int, user_count: int, json_path: str | None) -> dict:
             await admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
             await admin.close()
     first = rows[0]
-    result = {"users": user_count, "conversations": rows[-1]["conversations"],
+    # RSS growth per 1,000 conversations between reports, after the first 1,000 (allocator
+    # and connection warm-up).
+    growth = [(b["rss_mib"] - a["rss_mib"]) * 1000 / (b["conversations"] - a["conversations"])
+              for a, b in zip(rows, rows[1:])] or [0.0]
+    result = {"wave_ms": summary(wave_ms),
+              "rss_growth_per_1000_mib": {k.replace("_ms", ""): v for k, v in
+                                          summary(growth, digits=2).items()},
+              "users": user_count, "conversations": rows[-1]["conversations"],
               "rss_start_mib": mib(start_rss), "rss_after_first_1000_mib": first["rss_mib"],
               "rss_end_mib": rows[-1]["rss_mib"],
               "rss_growth_after_first_1000_mib": round(rows[-1]["rss_mib"] - first["rss_mib"], 1),
@@ -93,6 +106,10 @@ async def main(total: int, user_count: int, json_path: str | None) -> dict:
               "caches_start": start_caches, "caches_end": end_caches,
               "live_conversations_left": live, "sides_not_cleaned_up": unclosed, "rows": rows}
     print(f"caches at start: {start_caches}\ncaches at end:   {end_caches}")
+    print(f"a wave of {user_count // 2} conversations: median {result['wave_ms']['median_ms']} "
+          f"ms, p95 {result['wave_ms']['p95_ms']} ms; RSS growth per 1,000 conversations after "
+          f"the first 1,000: median {result['rss_growth_per_1000_mib']['median']} MiB, "
+          f"p95 {result['rss_growth_per_1000_mib']['p95']} MiB")
     print(f"RSS {result['rss_start_mib']} MiB at start, {first['rss_mib']} MiB after "
           f"{first['conversations']}, {result['rss_end_mib']} MiB after "
           f"{result['conversations']} conversations; live left {live}, unclosed {unclosed}")

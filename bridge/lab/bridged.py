@@ -3,6 +3,7 @@ steps a user takes with it (DM the bot, agree, start, accept the chat). Used by 
 end-to-end tests and the benchmarks."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import uuid
@@ -101,6 +102,27 @@ class BridgedLab:
                 lambda s: s.room_id == room and "now chatting" in (s.body or ""), since=mark,
                 description="chat opened notice")
         return a_room, b_room
+
+    async def cleaned_up(self, room_ids: list[str], timeout: float = 60) -> None:
+        """Wait until the conversations of these chat rooms have ended and every side is
+        cleaned up (goodbyes said, ghosts gone), as the bridge records it."""
+        conn = await asyncpg.connect(self.database_uri)
+        try:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while await conn.fetchval(
+                    """SELECT count(*) FROM conversation_sides s
+                       JOIN conversation_sides mine ON mine.conversation_id = s.conversation_id
+                       WHERE mine.room_id = ANY($1::text[]) AND s.closed_at IS NULL""",
+                    room_ids):
+                assert asyncio.get_running_loop().time() < deadline, "rooms not cleaned up"
+                await asyncio.sleep(0.1)  # the database has no change notification to wait on
+        finally:
+            await conn.close()
+
+    async def settled(self, client: LabClient, dm: str) -> None:
+        """One last command answered in the user's DM: what the bridge sent before it has
+        been received too (call after cleaned_up, before scanning what the user got)."""
+        await self.command(client, dm, "!status", "Right now:")
 
     @contextlib.asynccontextmanager
     async def reconfigured(self, **overrides):

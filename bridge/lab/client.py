@@ -1,8 +1,12 @@
 """A Matrix client for tests and benchmarks, built on matrix-nio.
 
 It syncs in the background and keeps *every* raw event it receives (timeline, state, invite
-state, ephemeral, account data, to-device) in one in-memory log, so a test can both wait for
-what it expects and scan everything a user ever received for leaked identifiers.
+state, ephemeral, account data, to-device, presence) in one in-memory log, so a test can wait
+for what it expects. Separately it keeps everything the client ever received, for the whole
+test and after its chats end: every JSON response body whole (each /sync with its room
+summaries, device lists and key counts; /keys/query; every other answer), every decrypted
+room event and every decrypted to-device payload (``received()``), so a test can scan all of
+it for leaked identifiers (tests/e2e/anonymity.py).
 
 ``login(encrypted=True)`` gives the client a real E2EE device (nio with ``matrix-nio[e2e]``,
 its own store): it uploads its keys, tracks device lists, encrypts what it sends and
@@ -78,22 +82,50 @@ class Seen:
         return f"#{self.index} {self.section} {where}{self.type} from {self.sender} {detail}".rstrip()
 
 
+@dataclass
+class Received:
+    """One thing the client received: a response body, or a decryption of something in one."""
+
+    what: str  # "GET /_matrix/client/v3/sync", "decrypted room event", "decrypted to-device"
+    body: Any
+
+
 class _RecordingAsyncClient(AsyncClient):
-    """Keeps the raw JSON of the last /sync response, which nio otherwise only parses."""
+    """Keeps the raw JSON of every response (nio otherwise only parses it), the last /sync
+    apart for the event log."""
 
     last_sync_body: dict[str, Any] | None = None
+    received: list[Received]
 
     async def parse_body(self, transport_response: aiohttp.ClientResponse) -> dict[Any, Any]:
         body = await super().parse_body(transport_response)
+        copied = copy.deepcopy(body)  # nio's parsing must not alter our copy
+        self.received.append(Received(
+            f"{transport_response.method} {transport_response.url.path}", copied))
         if transport_response.url.path.endswith("/sync"):
-            self.last_sync_body = copy.deepcopy(body)  # nio's parsing must not alter our copy
+            self.last_sync_body = copied
         return body
+
+    def record_decrypted_to_device(self) -> None:
+        """Keep every Olm payload this device decrypts (room keys, forwarded keys, dummies
+        and types nio ignores), as decrypted: nio keeps only what it understands."""
+        olm = self.olm
+        if olm is None:
+            return
+        verify = olm._verify_olm_payload
+
+        def recording_verify(sender: str, payload: dict[Any, Any]) -> bool:
+            self.received.append(Received("decrypted to-device", copy.deepcopy(payload)))
+            return verify(sender, payload)
+
+        olm._verify_olm_payload = recording_verify  # type: ignore[method-assign]
 
 
 class LabClient:
     def __init__(self, user: LabUser, client: AsyncClient):
         self.user = user
         self.nio = client
+        self.display_name = ""  # set by whoever gave the user one (BridgedLab.client)
         self.log: list[Seen] = []
         self.sync_error: object | None = None  # last failure of the sync loop, for diagnostics
         self._cond = asyncio.Condition()
@@ -116,7 +148,9 @@ class LabClient:
         client = _RecordingAsyncClient(user.homeserver.client_url, user.user_id,
                                        device_id=user.device_id, store_path=store_path or "",
                                        config=config)
+        client.received = []
         client.restore_login(user.user_id, user.device_id, user.access_token)
+        client.record_decrypted_to_device()
         lab_client = cls(user, client)
         lab_client._own_store = store_path if own_store else None
         return lab_client
@@ -286,12 +320,17 @@ class LabClient:
         """Every raw event dict received for *room_id*, in any section, in arrival order."""
         return [s.source for s in self.log if s.room_id == room_id]
 
-    def decrypted_events_in(self, room_id: str) -> list[dict[str, Any]]:
-        """The decrypted form of every encrypted event received for *room_id*."""
-        return [s.decrypted for s in self.log if s.room_id == room_id and s.decrypted]
+    def received(self) -> list[Received]:
+        """Everything this client received since it logged in, kept after it closes: every
+        response body whole, then every room event as decrypted (decrypted to-device
+        payloads are among the first, where they came in)."""
+        return list(self.nio.received) + [  # type: ignore[attr-defined]
+            Received("decrypted room event", s.decrypted) for s in self.log if s.decrypted]
 
-    def all_events(self) -> list[dict[str, Any]]:
-        return [s.source for s in self.log]
+    @property
+    def identity_keys(self) -> dict[str, str]:
+        """This device's curve25519 and ed25519 keys ({} without encryption)."""
+        return dict(self.nio.olm.account.identity_keys) if self.nio.olm is not None else {}
 
     # ---- actions ----
 
@@ -358,6 +397,8 @@ class LabClient:
         data = None if body is None else json.dumps(body)
         async with self._session.request(method, url, data=data) as resp:
             result = await resp.json(content_type=None)
+            self.nio.received.append(  # type: ignore[attr-defined]
+                Received(f"{method} {path.split('?')[0]}", copy.deepcopy(result)))
             if resp.status != 200:
                 raise LabClientError(f"{method} {path}: HTTP {resp.status} {result}",
                                      (result or {}).get("errcode"))

@@ -23,6 +23,7 @@ from ruamel.yaml import YAML
 
 from .bridged import BridgedLab
 from .client import LabClient, LabClientError, Seen
+from .figures import percentile
 
 GHOST = re.compile(r"@_stranger_[a-z0-9]+:")
 BODY = re.compile(r"^ld (\d+) (\d+) ([0-9.]+)$")
@@ -210,6 +211,17 @@ class LoadReport:
     # inbox received -> handled (the bridge's own time, including its sends to the homeserver)
     handling: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def rss_figures(self) -> dict[str, float]:
+        """The bridge's RSS samples (MiB): median, p95, peak, and how far the second half's
+        peak rose over the first half's (a leak per conversation keeps it climbing)."""
+        samples = self.bridge_rss_mib or [0.0]
+        half = len(samples) // 2
+        ordered = sorted(samples)
+        return {"median": ordered[len(ordered) // 2], "p95": percentile(ordered, 0.95),
+                "peak": ordered[-1], "second_half_over_first_half_peak": round(
+                    max(samples[half:]) - max(samples[:half] or samples), 1)}
+
     def summary(self) -> str:
         s = self.stats
         lines = [
@@ -223,7 +235,7 @@ class LoadReport:
             f"  bridge handling (received -> handled, incl. its own sends) {self.handling}",
             f"  command reply latency {percentiles(s.reply_latency)}",
             f"  !start -> invite {percentiles(s.match_latency)}",
-            f"  bridge RSS: peak {self.bridge_peak_rss_mib} MiB, samples "
+            f"  bridge RSS (MiB): {self.rss_figures}, samples "
             f"{self.bridge_rss_mib[:1] + self.bridge_rss_mib[len(self.bridge_rss_mib) // 2::max(1, len(self.bridge_rss_mib) // 4)]}",
             f"  errors: harness {len(s.errors)}, bridge log {len(self.bridge_errors)}",
             f"  after everyone stopped: live conversations {self.live_conversations_left}, "

@@ -54,6 +54,9 @@ class Matchmaker:
         self.config = config
         self.on_matched = on_matched
         self.wake = asyncio.Event()  # an earlier check time was set: the timer recomputes
+        # Claims that found their only candidates locked by another claim (and tried again):
+        # how often claims meet, here or in another process sharing the database.
+        self.contended = 0
         self._timer_runs_at = 0.0  # loop time of the timer's next run (0: not running)
         # Newcomers arriving while others are being paired are paired together next, in one
         # transaction (its round trips and commit cost more than a match's own work).
@@ -180,6 +183,7 @@ class Matchmaker:
                     partner = await claim.lock_partner(conn, me, probes)
                     if partner is None:
                         if await claim.any_candidate(conn, me, probes):
+                            self.contended += 1
                             raise _Retry
                         self._check_in(await claim.settle(conn, user_id))
                         return None

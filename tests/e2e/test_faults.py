@@ -6,13 +6,14 @@ started without touching the machine's shared one.
   arrives exactly once, in order per direction;
 - SIGTERM in the middle of a burst: in-flight work finishes, nothing is half-done, every
   message arrives exactly once after the restart;
-- PostgreSQL restarted under load: nothing lost or doubled, and the bridge serves and
-  relays again within 5 s of the database coming back;
+- PostgreSQL restarted under load: nothing lost or doubled, the outage is noticed and the
+  backlog relayed (how fast: bench/db_restart.py);
 - either homeserver restarted mid-conversation: messages flow afterwards, and leaving
   still ends the chat for both.
 
 The CI sizes are small; STRANGER_CRASH_MESSAGES / STRANGER_CRASH_KILLS make the crash run
-longer, and bench/crash.py is the long run (>= 2,000 messages, >= 10 kills).
+longer, and bench/crash.py is the long run (>= 2,000 messages, >= 10 kills). The crash run
+prints its seed; STRANGER_CRASH_SEED=<seed> replays its schedule.
 """
 from __future__ import annotations
 
@@ -26,11 +27,10 @@ import aiohttp
 import asyncpg
 import pytest
 import pytest_asyncio
-from ruamel.yaml import YAML
 
 from bridge.lab.bridged import BridgedLab, start_bridged_lab
-from bridge.lab.faults import (Direction, crash_run, make_pair, relayed_bodies,
-                               wait_for_body)
+from bridge.lab.faults import (Direction, crash_run, database_restart_run, make_pair,
+                               relayed_bodies, unhandled_settles, wait_for_body)
 from bridge.lab.pgtemp import TempPostgres
 
 pytestmark = pytest.mark.e2e
@@ -66,26 +66,14 @@ def log_offset(lab: BridgedLab) -> int:
     return lab.bridge.log_path.stat().st_size
 
 
-async def unhandled_settles(lab: BridgedLab, timeout: float = 60) -> int:
-    """Wait until the inbox has nothing left to handle; return what is left at the end."""
-    conn = await asyncpg.connect(lab.database_uri)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = await conn.fetchval("SELECT count(*) FROM inbox WHERE handled_at IS NULL")
-            if left == 0 or time.monotonic() > deadline:
-                return left
-            await asyncio.sleep(0.2)  # polling a condition, with a deadline
-    finally:
-        await conn.close()
-
-
 async def test_crash_safety_under_random_sigkills(faultlab: BridgedLab):
     pair = await make_pair(faultlab)
     offset = log_offset(faultlab)
     report = await crash_run(faultlab, pair, messages=CRASH_MESSAGES, kills=CRASH_KILLS)
     print("\n" + report.summary())
     print_log_problems(faultlab, offset)
+    # The start-up kills the drill claims landed before the bridge was up (its own log).
+    assert report.kills_during_startup == report.startup_kills_planned > 0, report.summary()
     for direction in report.directions:
         assert direction.missing == [], f"{direction.name}: lost"
         assert direction.duplicated == [], f"{direction.name}: delivered twice"
@@ -142,90 +130,19 @@ async def test_sigterm_mid_burst_loses_nothing_and_leaves_nothing_half_done(faul
     assert await unhandled_settles(lab) == 0
 
 
-async def _probe(session: aiohttp.ClientSession, lab: BridgedLab, token: str) -> int:
-    """Answer to one harmless transaction (an event in a room of nobody's)."""
-    event = {"event_id": f"$probe-{uuid.uuid4().hex}", "room_id": "!probe:nowhere.test",
-             "sender": "@probe:nowhere.test", "type": "m.room.message",
-             "content": {"msgtype": "m.text", "body": "probe"}}
-    try:
-        async with session.put(
-                f"http://127.0.0.1:{lab.bridge.port}/_matrix/app/v1/transactions/"
-                f"probe-{uuid.uuid4().hex}", json={"events": [event]},
-                headers={"Authorization": f"Bearer {token}"}) as response:
-            return response.status
-    except aiohttp.ClientError:
-        return 0
-
-
 async def test_database_restart_under_load(faultlab: BridgedLab):
-    lab, pg = faultlab, faultlab.pg
-    pair = await make_pair(lab)
-    token = YAML().load(lab.bridge.config.read_text())["appservice"]["hs_token"]
-    tag = uuid.uuid4().hex[:6]
-    a2b, b2a = Direction("alice -> bob"), Direction("bob -> alice")
-    during: list[str] = []
-    phase = {"name": "before"}
-    stop_sending = asyncio.Event()
-
-    async def steady(client, room, direction, prefix):
-        i = 0
-        while not stop_sending.is_set():
-            body = f"db {tag} {prefix} {i:04d} {phase['name']}"
-            await client.send_text(room, body)
-            direction.sent.append(body)
-            if phase["name"] == "down":
-                during.append(body)
-            i += 1
-            await asyncio.sleep(0.5)  # pacing: 2 messages/s each way
-
-    offset = log_offset(lab)
-    senders = asyncio.gather(steady(pair.alice, pair.alice_room, a2b, "a"),
-                             steady(pair.bob, pair.bob_room, b2a, "b"))
-    await wait_for_body(pair.bob, pair.bob_room, f"db {tag} a 0003 before", 30)
-    phase["name"] = "down"
-    await pg.stop("fast")  # terminates the bridge's connections, as a restart does
-    await asyncio.sleep(6)  # the database stays down this long, under traffic
-    await pg.start()  # returns once it accepts connections
-    up = time.monotonic()
-    phase["name"] = "after"
-    async with aiohttp.ClientSession() as session:
-        while await _probe(session, lab, token) != 200:
-            assert time.monotonic() - up < 30, "the bridge never recorded again"
-            await asyncio.sleep(0.05)  # measuring: how soon it answers 200 again
-    serving = time.monotonic() - up
-    first_down = next(b for b in a2b.sent if b.endswith(" down"))
-    await wait_for_body(pair.bob, pair.bob_room, first_down, 60)
-    flowing = time.monotonic() - up
-    await wait_for_body(pair.bob, pair.bob_room, during[-1] if during[-1].startswith(
-        f"db {tag} a") else [b for b in during if f"db {tag} a" in b][-1], 60)
-    backlog = time.monotonic() - up
-    await wait_for_body(pair.bob, pair.bob_room, f"db {tag} a " +
-                        f"{int(a2b.sent[-1].split()[3]) + 2:04d} after", 60)
-    stop_sending.set()
-    await senders
-    markers = (f"db {tag} a marker", f"db {tag} b marker")
-    await pair.alice.send_text(pair.alice_room, markers[0])
-    await pair.bob.send_text(pair.bob_room, markers[1])
-    a2b.sent.append(markers[0])
-    b2a.sent.append(markers[1])
-    await asyncio.gather(wait_for_body(pair.bob, pair.bob_room, markers[0], 60),
-                         wait_for_body(pair.alice, pair.alice_room, markers[1], 60))
-    a2b.received = relayed_bodies(pair.bob, pair.bob_room, f"db {tag} a")
-    b2a.received = relayed_bodies(pair.alice, pair.alice_room, f"db {tag} b")
-    log = lab.bridge.log_path.read_bytes()[offset:].decode(errors="replace")
-    refused = log.count("not recorded, asking for a retry")
-    print(f"\nPostgreSQL down 6 s under load ({len(during)} messages sent meanwhile, "
-          f"{refused} transactions answered 503): after it came back the bridge recorded "
-          f"again in {serving:.2f}s, relayed the first held message in {flowing:.2f}s, "
-          f"the whole backlog in {backlog:.2f}s; {len(a2b.received)} + {len(b2a.received)} "
-          "relayed, each once, in order")
-    print_log_problems(lab, offset)
+    """PostgreSQL stopped for 6 s while both users send 2 messages/s. How fast the bridge
+    recovers is bench/db_restart.py's figure; here what holds on any machine."""
+    pair = await make_pair(faultlab)
+    offset = log_offset(faultlab)
+    report = await database_restart_run(faultlab, faultlab.pg, pair)
+    print("\n" + report.summary())
+    print_log_problems(faultlab, offset)
+    a2b, b2a = report.directions
     assert a2b.exactly_once_in_order, (a2b.missing, a2b.duplicated)
     assert b2a.exactly_once_in_order, (b2a.missing, b2a.duplicated)
-    assert refused > 0, "the outage was noticed by the intake"
-    assert serving < 5
-    assert flowing < 5
-    assert await unhandled_settles(lab) == 0
+    assert report.sent_while_down > 0 and report.refused > 0, "the outage was noticed"
+    assert await unhandled_settles(faultlab) == 0
 
 
 async def test_homeserver_restarts_leave_no_stuck_state(faultlab: BridgedLab):

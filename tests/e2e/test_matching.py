@@ -11,6 +11,7 @@ import time
 import pytest
 
 from bridge.lab.bridged import BridgedLab
+from tests.e2e.anonymity import assert_anonymous
 
 pytestmark = pytest.mark.e2e
 
@@ -71,3 +72,12 @@ async def test_shared_interest_first_then_fallback_with_notice(bridged: BridgedL
     await bob.wait_for_message(bob_room, "after the commands")
     assert not [s for s in bob.log[bob_mark:] if s.room_id == bob_room and s.body
                 and ("!status" in s.body or "!help" in s.body or "chat for" in s.body)]
+
+    # Both chats end; after the clean-up nothing anyone received names a partner (the
+    # shared interests are said, never who has them).
+    await ann.send_text(ann_room, "!stop")
+    await dan.send_text(dan_room, "!stop")
+    await bridged.cleaned_up([ann_room, dan_room])
+    for client, dm in ((dan, dan_dm), (ann, ann_dm), (bob, bob_dm), (eve, eve_dm)):
+        await bridged.settled(client, dm)
+    assert_anonymous(bridged.bridge_domain, (ann, bob), (bob, ann), (dan, eve), (eve, dan))

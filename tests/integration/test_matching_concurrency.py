@@ -1,5 +1,7 @@
 """Several bridge processes on one database: thousands of users start, move on and stop at
-once, and pairing stays correct (real OS processes, real PostgreSQL)."""
+once, and pairing stays correct (real OS processes, real PostgreSQL). Each test shows the
+processes really contended (else it would prove nothing on a slow machine that ran them one
+after the other), and drives them until they do, within a bound."""
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +20,7 @@ from tests.integration import churn
 
 USERS = 2000
 PROCESSES = 3
-OPERATIONS_PER_PROCESS = 1800
+OPERATIONS_PER_PROCESS = 1800  # and up to 3 times as many, until PostgreSQL saw them overlap
 TAGS = ["cinema", "jazz", "chess", "cats"]
 
 
@@ -60,17 +62,27 @@ async def test_processes_churning_at_once_keep_pairing_correct(database_uri, tmp
     user_ids = await make_users(database_uri)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
+    overlapped = ctx.Event()
     start_at = time.time() + 3  # all processes imported and connected: go together
     procs = [ctx.Process(target=churn.run, args=(
         database_uri, str(tmp_path / f"config{i}.yaml"), user_ids, i, OPERATIONS_PER_PROCESS,
-        6, start_at, results)) for i in range(PROCESSES)]
+        6, start_at, overlapped, 3 * OPERATIONS_PER_PROCESS, results))
+        for i in range(PROCESSES)]
+    stop_watching = asyncio.Event()
+    watching = asyncio.create_task(churn.watch_overlap(database_uri, stop_watching, overlapped))
     for p in procs:
         p.start()
     outcomes = [await asyncio.to_thread(results.get, True, 200) for _ in procs]
+    stop_watching.set()
+    overlaps = await watching
     for p in procs:
         await asyncio.to_thread(p.join, 30)
         assert p.exitcode == 0
     assert [o["errors"] for o in outcomes] == [[]] * PROCESSES
+    print(f"\n{[o['operations'] for o in outcomes]} operations; PostgreSQL saw transactions "
+          f"of several processes open at once {overlaps} times; claims that met another's "
+          f"lock: {sum(o['contended'] for o in outcomes)}")
+    assert overlaps > 0, "the processes never overlapped: this run proves nothing"
 
     pool = await asyncpg.create_pool(database_uri, min_size=1, max_size=4)
     try:
@@ -130,27 +142,46 @@ async def check_invariants(pool, outcomes) -> None:
                                                        for r in avoided)) == []
 
 
-@pytest.mark.timeout(120)
+TWIN_ROUNDS = 5  # at most: rounds of twins until claims of the two processes have met
+
+
+@pytest.mark.timeout(300)
 async def test_twins_queued_at_the_same_moment_by_two_processes_always_meet(database_uri,
                                                                             tmp_path):
     """Each user is compatible with exactly one other (a tag only the two share), and the
-    two are queued at the same moment by different processes: both claims see the other
-    locked. Without a match timer to heal anything, every pair must still be made."""
+    two are queued at the same moment by different processes: a claim may find the other
+    locked. Without a match timer to heal anything, every pair must still be made.
+    Rounds go on until a claim did find its twin locked: process a only ever locks a-users
+    and their twins (as partners), and each a-user arrives once, so a twin it found locked
+    was held by process b."""
     pairs = 400
+    contended = 0
+    for round_ in range(TWIN_ROUNDS):
+        outcomes = await twins_round(database_uri, tmp_path, round_, pairs)
+        contended += sum(o["contended"] for o in outcomes)
+        if contended:
+            break
+    print(f"\n{round_ + 1} round(s) of {pairs} twins; claims that met the other "
+          f"process's lock: {contended}")
+    assert contended > 0, "the two processes' claims never met: this run proves nothing"
+
+
+async def twins_round(database_uri, tmp_path, round_: int, pairs: int) -> list[dict]:
+    name = [f"@{{}}{round_}_{i}:example.org" for i in range(pairs)]
     conn = await asyncpg.connect(database_uri)
     try:
         await conn.copy_records_to_table(
             "users", columns=["user_id", "tags"],
-            records=[(f"@{side}{i}:example.org", [f"twin{i}"])
-                     for i in range(pairs) for side in "ab"])
+            records=[(n.format(side), [f"twin{round_}_{i}"])
+                     for i, n in enumerate(name) for side in "ab"])
     finally:
         await conn.close()
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     start_at = time.time() + 3
     procs = [ctx.Process(target=churn.run_enqueue_all, args=(
-        database_uri, str(tmp_path / f"config{side}.yaml"),
-        [f"@{side}{i}:example.org" for i in range(pairs)], 8, start_at, results))
+        database_uri, str(tmp_path / f"config{side}{round_}.yaml"),
+        [n.format(side) for n in name], 8, start_at, results))
         for side in "ab"]
     for p in procs:
         p.start()
@@ -162,9 +193,10 @@ async def test_twins_queued_at_the_same_moment_by_two_processes_always_meet(data
     try:
         assert await queue.count(pool) == 0
         made = await pool.fetch(
-            """SELECT min(user_id) AS a, max(user_id) AS b FROM conversation_sides
-               GROUP BY conversation_id""")
+            """SELECT min(s.user_id) AS a, max(s.user_id) AS b FROM conversation_sides s
+               WHERE s.user_id LIKE $1 GROUP BY conversation_id""", f"@_{round_}\\_%")
         assert sorted((r["a"], r["b"]) for r in made) == sorted(
-            (f"@a{i}:example.org", f"@b{i}:example.org") for i in range(pairs))
+            (n.format("a"), n.format("b")) for n in name)
     finally:
         await pool.close()
+    return outcomes

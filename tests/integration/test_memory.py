@@ -1,9 +1,8 @@
 """Memory stays bounded as conversations come and go: the whole bridge in-process (real
 PostgreSQL, fake homeserver), many conversations started and ended; every per-room,
-per-ghost and per-conversation cache returns to its baseline, and neither the number of
-live Python objects nor RSS grows with the number of conversations.
-
-bench/memory.py runs the same with 10,000 conversations and prints the figures.
+per-ghost and per-conversation cache returns to its baseline, no logger is added, and no
+kind of Python object is kept per conversation. (What is true on any machine; RSS is
+measured by bench/memory.py, 10,000 conversations, which prints the figures.)
 """
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from bridge.lab.inprocess import (cache_sizes, conversation_wave, existing_keys, rss_bytes,
+from bridge.lab.inprocess import (cache_sizes, conversation_wave, existing_keys,
                                   start_inprocess_bridge)
 
 pytestmark = pytest.mark.filterwarnings("ignore:loop argument is deprecated:DeprecationWarning")
@@ -52,18 +51,16 @@ async def test_caches_are_trimmed_and_memory_stays_flat(world, pool):
     baseline_objects = live_objects()
     baseline_caches = cache_sizes(world)
     baseline_loggers = len(logging.Logger.manager.loggerDict)
-    baseline_rss = rss_bytes()
 
     for _ in range(WAVES):
         await conversation_wave(world, users)
         world.hs.forget_sent()
     conversations = WAVES * USERS // 2
     objects = live_objects()
-    grown_objects = sum(objects.values()) - sum(baseline_objects.values())
-    grown_rss = rss_bytes() - baseline_rss
-    print(f"\n{conversations} conversations: objects {grown_objects:+d} "
-          f"(most grown: {(objects - baseline_objects).most_common(5)}), "
-          f"RSS {grown_rss / 2**20:+.1f} MiB, caches {cache_sizes(world)}")
+    grown = objects - baseline_objects
+    print(f"\n{conversations} conversations: objects "
+          f"{sum(objects.values()) - sum(baseline_objects.values()):+d} "
+          f"(most grown: {grown.most_common(5)}), caches {cache_sizes(world)}")
 
     # Only the users' DMs stay cached (one room each, and the bot), as at the baseline.
     assert cache_sizes(world) == baseline_caches
@@ -73,8 +70,9 @@ async def test_caches_are_trimmed_and_memory_stays_flat(world, pool):
     # with the ghost).
     loggers = len(logging.Logger.manager.loggerDict)
     assert loggers == baseline_loggers
-    assert grown_objects < 6 * conversations  # the logger leak alone was 12 per conversation
-    assert grown_rss < 8 * 2**20
+    # Nothing kept per conversation: a leak keeps at least one object of some kind for each
+    # (the logger leak kept 12 of several kinds). Counts, not bytes: the same on any machine.
+    assert [(kind, n) for kind, n in grown.items() if n >= conversations] == []
     # Everything the bridge made was cleaned up.
     assert await pool.fetchval("SELECT count(*) FROM conversations WHERE state <> 'ended'") == 0
     assert await pool.fetchval(
