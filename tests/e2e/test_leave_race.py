@@ -13,6 +13,7 @@ import re
 import pytest
 
 from bridge.lab.bridged import BridgedLab
+from tests.e2e.anonymity import assert_anonymous
 
 pytestmark = pytest.mark.e2e
 
@@ -54,6 +55,8 @@ async def test_both_leave_at_once_and_both_are_paired_again(
     await bridged.command(bob, bob_dm, "!status", "You have been waiting")
     # (Just-ended partners are not paired with each other: the rematch cooldown.)
     await paired_again(bridged, [(alice, alice_dm), (bob, bob_dm)])
+    await bridged.cleaned_up([alice_room, bob_room])
+    assert_anonymous(bridged.bridge_domain, (alice, bob), (bob, alice))
 
 
 @ENCRYPTION
