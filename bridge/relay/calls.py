@@ -59,7 +59,25 @@ class _Refuse(Exception):
 
 
 def is_call_event(event_type: str) -> bool:
-    return event_type in CALL_EVENT_TYPES
+    """Routed here rather than to sanitise(): 1:1 signalling, and group call notifications
+    (dropped silently: the member state event that comes with them tells the caller)."""
+    return event_type in CALL_EVENT_TYPES or event_type in GROUP_CALL_NOTIFY_TYPES
+
+
+def _in_group_call(content: object) -> bool:
+    if not isinstance(content, dict):
+        return False
+    if "memberships" in content:  # MSC3401's first shape: one event, a list per device
+        return isinstance(content["memberships"], list) and bool(content["memberships"])
+    return bool(content)  # one event per device; {} is the leave
+
+
+def joins_group_call(event: dict) -> bool:
+    """Whether this group call member state event is someone joining (not a refresh of a
+    membership, nor a leave): the moment to tell them, once per call."""
+    unsigned = event.get("unsigned")
+    previous = unsigned.get("prev_content") if isinstance(unsigned, dict) else None
+    return _in_group_call(event.get("content")) and not _in_group_call(previous)
 
 
 def ids_of(content: object) -> tuple[str | None, str | None, str | None]:
@@ -218,6 +236,8 @@ def sanitise_call(event_type: str, content: object, ids: CallIds, *,
                   force_relay: bool) -> dict | Refused | None:
     """Content for the partner's room; Refused when it cannot be relayed; None when nothing
     of it is left to send (m.call.candidates whose every candidate was filtered out)."""
+    if event_type in GROUP_CALL_NOTIFY_TYPES:
+        return None
     if event_type not in CALL_EVENT_TYPES:
         return Refused("unsupported_event", "event type not relayed")
     if not isinstance(content, dict):

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from bridge.relay.calls import (CallIds, ids_of, relay_only_candidate, relay_only_sdp,
-                                sanitise_call)
+from bridge.relay.calls import (CallIds, ids_of, is_call_event, joins_group_call,
+                                relay_only_candidate, relay_only_sdp, sanitise_call)
 from bridge.relay.sanitise import Refused
 
 # What aiortc 1.16 produced here with a coturn relay on 127.0.0.2 (host 192.0.2.2, fd00::2).
@@ -250,3 +250,30 @@ def test_ids_of_takes_only_usable_ids():
     assert ids_of({"call_id": 5, "party_id": "", "selected_party_id": "x" * 256}) == \
         (None, None, None)
     assert ids_of("nope") == (None, None, None)
+
+
+# --- group calls (Element Call) ----------------------------------------------------------------
+
+@pytest.mark.parametrize("content, previous, joins", [
+    ({"application": "m.call", "call_id": "", "device_id": "DEV", "scope": "m.room"}, None, True),
+    ({"application": "m.call", "call_id": "", "device_id": "DEV"}, {}, True),
+    ({"application": "m.call", "call_id": "", "device_id": "DEV"},
+     {"application": "m.call", "call_id": "", "device_id": "DEV"}, False),  # a refresh
+    ({}, {"application": "m.call"}, False),  # the leave
+    ({"memberships": [{"call_id": "", "device_id": "DEV"}]}, {"memberships": []}, True),
+    ({"memberships": [{"call_id": "", "device_id": "DEV"}]},
+     {"memberships": [{"call_id": "", "device_id": "DEV", "expires": 1}]}, False),
+    ({"memberships": []}, None, False),
+    ("nonsense", None, False),
+])
+def test_joining_a_group_call_is_told_once(content, previous, joins):
+    event = {"type": "org.matrix.msc3401.call.member", "content": content,
+             "unsigned": {} if previous is None else {"prev_content": previous}}
+    assert joins_group_call(event) is joins
+
+
+@pytest.mark.parametrize("event_type", ["m.call.notify", "org.matrix.msc4075.rtc.notification"])
+def test_group_call_notifications_cross_silently_as_nothing(event_type):
+    assert is_call_event(event_type)
+    assert sanitise_call(event_type, {"application": "m.call", "notify_type": "ring"}, IDS,
+                         force_relay=False) is None
