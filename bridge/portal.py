@@ -19,6 +19,7 @@ from bridge import messages
 from bridge.config import Config
 from bridge.encryption.crypto import Crypto
 from bridge.encryption.ghost_devices import GhostDevices
+from bridge.relay.calls import GROUP_CALL_STATE_TYPES
 from bridge.store import conversations, users
 from bridge.store.conversations import Conversation, Side
 
@@ -147,8 +148,10 @@ class Portal:
             preset=RoomCreatePreset.PRIVATE,
             is_direct=True,
             initial_state=initial_state,
-            # The user may turn encryption on later (their client offers it in a DM).
-            power_level_override={"events": {**DEFAULT_EVENT_POWER, "m.room.encryption": 0}},
+            # The user may turn encryption on later (their client offers it in a DM), and may
+            # start an Element Call: it is not relayed, but they are told so (calls.py).
+            power_level_override={"events": {**DEFAULT_EVENT_POWER, "m.room.encryption": 0,
+                                             **{t: 0 for t in GROUP_CALL_STATE_TYPES}}},
         )
         await conversations.set_room(self.pool, conv.id, side.side, room_id)
         log.info("Conversation %d: side %d room %s", conv.id, side.side, room_id)
