@@ -20,6 +20,7 @@ from bridge.config import Config
 from bridge.encryption.crypto import Crypto
 from bridge.encryption.ghost_devices import GhostDevices
 from bridge.relay.calls import GROUP_CALL_STATE_TYPES
+from bridge.store import calls as call_ids
 from bridge.store import conversations, users
 from bridge.store.conversations import Conversation, Side
 
@@ -183,6 +184,7 @@ class Portal:
         for side in closing:
             await self._close_side(conv, side, goodbye_said=True)
             await conversations.mark_closed(self.pool, conv.id, side.side)
+        await call_ids.forget(self.pool, conv.id)  # no call event is relayed any more
         if self.on_closed:
             self.on_closed([s.room_id for s in conv.sides if s.room_id],
                            [s.ghost_id for s in conv.sides])

@@ -58,3 +58,8 @@ async def resolve(db, conversation_id: int, side: int, call_id: str | None,
     selected = (await real_of(db, conversation_id, "party", other, selected_party_id)
                 if selected_party_id is not None else None)
     return CallIds(mapped_call, mapped_party, selected)
+
+
+async def forget(db, conversation_id: int) -> None:
+    """Drop a conversation's stand-ins once it is over: they name the users' devices."""
+    await db.execute("DELETE FROM call_ids WHERE conversation_id = $1", conversation_id)

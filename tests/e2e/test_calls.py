@@ -13,6 +13,7 @@ import json
 import re
 import uuid
 
+import asyncpg
 import pytest
 import pytest_asyncio
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -226,6 +227,22 @@ async def test_call_connects_peer_to_peer_in_plain_rooms(bridged: BridgedLab):
     assert_nothing_identifying(bridged, alice, alice_room, bob, bob_room,
                                result["invite"].content["call_id"])
 
+    # The stand-ins (which name both devices) go with the conversation.
+    assert await call_id_rows(bridged, alice.user.device_id) == 1
+    mark = bob.mark()
+    await alice.leave(alice_room)
+    await bob.wait_for_event(lambda s: s.room_id == bob_room and s.membership == "leave"
+                             and s.sender != bob.user_id, since=mark, description="ghost leaving")
+    assert await call_id_rows(bridged, alice.user.device_id) == 0
+
+
+async def call_id_rows(lab: BridgedLab, device_id: str) -> int:
+    conn = await asyncpg.connect(lab.database_uri)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM call_ids WHERE real_id = $1", device_id)
+    finally:
+        await conn.close()
+
 
 @pytest.mark.parametrize("caller_encrypted, callee_encrypted", [(True, False), (True, True)],
                          ids=["mixed", "encrypted"])
@@ -289,3 +306,23 @@ async def test_element_call_is_not_relayed_and_the_caller_is_told_once(bridged: 
     assert len(notices) == 1
     crossed = [s.type for s in bob.log[b_mark:] if s.room_id == bob_room]
     assert not [t for t in crossed if "call" in t or "rtc" in t], crossed
+
+
+async def test_with_calls_off_the_caller_is_told_and_nothing_crosses(bridged: BridgedLab):
+    async with bridged.reconfigured(**{"bridge.calls.enabled": False}):
+        alice, alice_dm = await bridged.ready_user(0, "Alice")
+        bob, bob_dm = await bridged.ready_user(1, "Bob")
+        alice_room, bob_room = await bridged.pair(alice, alice_dm, bob, bob_dm)
+        a_mark, b_mark = alice.mark(), bob.mark()
+        base = {"call_id": "offcall", "party_id": alice.user.device_id, "version": "1"}
+        await alice.send_raw(alice_room, "m.call.invite", {
+            **base, "lifetime": 60000, "offer": {"type": "offer", "sdp": "v=0\r\n"}})
+        await alice.wait_for_event(
+            lambda s: s.room_id == alice_room and "Calls are turned off" in (s.body or ""),
+            since=a_mark, description="the calls-off notice")
+        await alice.send_raw(alice_room, "m.call.hangup", base)
+        await alice.send_text(alice_room, "after the call")
+        await bob.wait_for_message(bob_room, "after the call", since=b_mark)
+    assert not [s for s in bob.log[b_mark:] if s.room_id == bob_room and "call" in (s.type or "")
+                and s.type != "m.room.message"]
+    assert len([s for s in alice.log[a_mark:] if "Calls are turned off" in (s.body or "")]) == 1

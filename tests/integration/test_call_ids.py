@@ -69,3 +69,14 @@ async def test_stand_ins_survive_a_new_connection(database_uri):
         assert await calls.resolve(pool, conv, 1, "callB", "DEVICEB", None) == before
     finally:
         await pool.close()
+
+
+async def test_forget_drops_only_that_conversations_stand_ins(pool):
+    await make_users(pool, A, B, C, D)
+    first, second = await new_conversation(pool, A, B), await new_conversation(pool, C, D)
+    await calls.resolve(pool, first, 0, "callA", "DEVICEA", None)
+    kept = await calls.resolve(pool, second, 0, "callC", "DEVICEC", None)
+    await calls.forget(pool, first)
+    assert await pool.fetchval("SELECT count(*) FROM call_ids WHERE conversation_id = $1",
+                               first) == 0
+    assert await calls.resolve(pool, second, 0, "callC", "DEVICEC", None) == kept
