@@ -13,14 +13,13 @@ import hashlib
 import hmac
 import secrets
 import shutil
-import signal
 import struct
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .synapse import LabError, die_with_parent, free_port
+from .synapse import LabError, die_with_parent, free_port, terminate
 
 
 def turn_credentials(secret: str, name: str, ttl: int = 3600) -> tuple[str, str]:
@@ -112,11 +111,4 @@ class TurnServer:
 
     async def stop(self) -> None:
         proc, self._process = self._process, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await terminate(proc, 10)
