@@ -217,7 +217,10 @@ def _candidates(content: dict, force_relay: bool) -> list[dict]:
             raise _Refuse("a candidate is not an object with a candidate string")
         text = item["candidate"]
         if text != "":  # "" is the end-of-candidates marker: it always passes
-            text = relay_only_candidate(text) if force_relay else text
+            if force_relay:
+                text = relay_only_candidate(text)
+            elif not _CANDIDATE.fullmatch(text):
+                text = None  # not an ICE candidate: whatever it is, it does not cross
             if text is None or len(text) > 1024:
                 continue
         one: dict = {"candidate": text}

@@ -196,6 +196,10 @@ def test_candidates_filtered_and_end_marker_passes():
                           force_relay=False)
     assert [c["candidate"] for c in plain["candidates"]] == [c["candidate"] for c in candidates]
     assert "foo" not in plain["candidates"][1]
+    odd = [{"candidate": "I am @alice:hs1.example", "sdpMid": "0"}, candidates[0]]
+    assert [c["candidate"] for c in sanitise_call(
+        "m.call.candidates", {**SENDER, "candidates": odd}, IDS, force_relay=False)["candidates"]] \
+        == [candidates[0]["candidate"]]
     only_host = {**SENDER, "candidates": candidates[:1]}
     assert sanitise_call("m.call.candidates", only_host, IDS, force_relay=True) is None
 
