@@ -43,7 +43,7 @@ class Config(BaseFileConfig):
             "database.migrate_on_start",
             "bridge.ghost_localpart_template", "bridge.ghost_displayname",
             "bridge.invite_timeout", "bridge.goodbye_linger", "bridge.max_body_bytes",
-            "bridge.command_prefix",
+            "bridge.command_prefix", "bridge.calls.enabled", "bridge.calls.force_relay",
             "bridge.matching.fallback_after", "bridge.matching.rematch_cooldown",
             "bridge.matching.max_tags", "bridge.matching.max_tag_length",
             "bridge.encryption.allow", "bridge.encryption.default", "bridge.encryption.require",
@@ -129,6 +129,8 @@ class Config(BaseFileConfig):
         _seconds(self, "bridge.goodbye_linger", 0, 60)
         _int(self, "bridge.max_body_bytes", 1, 60000)
         _str(self, "bridge.command_prefix", r"\S{1,3}")
+        _bool(self, "bridge.calls.enabled")
+        _bool(self, "bridge.calls.force_relay")
         _seconds(self, "bridge.matching.fallback_after", 0, 3600)
         _seconds(self, "bridge.matching.rematch_cooldown", 0, 30 * 86400)
         _int(self, "bridge.matching.max_tags", 1, 50)

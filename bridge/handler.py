@@ -17,6 +17,7 @@ from bridge.dispatcher import Outcome
 from bridge.encryption.crypto import Crypto, Undecryptable
 from bridge.pairing import Pairing
 from bridge.portal import Portal, txn_id
+from bridge.relay.calls import GROUP_CALL_STATE_TYPES, joins_group_call
 from bridge.relay.relayer import Relayer
 from bridge.store import conversations, users
 from bridge.store.conversations import Side
@@ -79,6 +80,8 @@ class Handler:
                 await self.on_encryption_enabled(event["room_id"])
         if event["type"] == "m.room.member" and isinstance(event.get("state_key"), str):
             return await self.on_member(event)
+        if event["type"] in GROUP_CALL_STATE_TYPES and not self.is_ours(event["sender"]):
+            await self.on_group_call_member(event)
         if self.is_ours(event["sender"]) or "state_key" in event:
             return Outcome.DONE
         room_id, sender = event["room_id"], event["sender"]
@@ -122,6 +125,15 @@ class Handler:
             # in the same moment.)
             await self.pairing.leave(side.conversation_id, target, event_time(event))
         return Outcome.DONE
+
+    async def on_group_call_member(self, event: dict) -> None:
+        """Element Call (MatrixRTC) cannot be relayed 1:1: nothing of it crosses, and the
+        caller is told so when they join the call (not at each refresh or leave)."""
+        side = await conversations.side_by_room(self.pool, event["room_id"])
+        if (side is not None and side.live and side.user_id == event["sender"]
+                and joins_group_call(event)):
+            await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id,
+                                     "refused_group_call", cause=event["event_id"])
 
     async def on_encryption_enabled(self, room_id: str) -> None:
         """A user turned encryption on in their (plain) chat room: the ghost needs a device

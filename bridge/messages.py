@@ -132,6 +132,12 @@ ENGLISH: dict[str, str] = {
     "refused_unsupported_msgtype": "Only text messages can be sent to the stranger; that one was not delivered.",
     "refused_unsupported_event": "That can't be sent to the stranger; it was not delivered.",
     "refused_too_long": "That message is too long to deliver. Please split it up.",
+    "refused_group_call": (
+        "Group calls (Element Call, the calls Element X makes) can't reach the stranger: "
+        "they were not called. A voice or video call from Element Web or Desktop does reach "
+        "them."
+    ),
+    "refused_calls_disabled": "Calls are turned off here: the stranger was not called.",
     "refused_malformed": "That message could not be read, so it was not delivered.",
     "refused_unknown_target": "That refers to a message the stranger never got; it was not delivered.",
     "refused_location": "Locations are never sent to the stranger; that one was not delivered.",

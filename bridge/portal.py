@@ -20,6 +20,8 @@ from bridge import messages
 from bridge.config import Config
 from bridge.encryption.crypto import Crypto
 from bridge.encryption.ghost_devices import GhostDevices
+from bridge.relay.calls import GROUP_CALL_STATE_TYPES
+from bridge.store import calls as call_ids
 from bridge.store import conversations, users
 from bridge.store.conversations import Conversation, Side
 
@@ -155,8 +157,10 @@ class Portal:
             preset=RoomCreatePreset.PRIVATE,
             is_direct=True,
             initial_state=initial_state,
-            # The user may turn encryption on later (their client offers it in a DM).
-            power_level_override={"events": {**DEFAULT_EVENT_POWER, "m.room.encryption": 0}},
+            # The user may turn encryption on later (their client offers it in a DM), and may
+            # start an Element Call: it is not relayed, but they are told so (calls.py).
+            power_level_override={"events": {**DEFAULT_EVENT_POWER, "m.room.encryption": 0,
+                                             **{t: 0 for t in GROUP_CALL_STATE_TYPES}}},
         )
         await conversations.set_room(self.pool, conv.id, side.side, room_id)
         log.info("Conversation %d: side %d room %s", conv.id, side.side, room_id)
@@ -188,6 +192,7 @@ class Portal:
         for side in closing:
             await self._close_side(conv, side, goodbye_said=True)
             await conversations.mark_closed(self.pool, conv.id, side.side)
+        await call_ids.forget(self.pool, conv.id)  # no call event is relayed any more
         if self.on_closed:
             self.on_closed([s.room_id for s in conv.sides if s.room_id],
                            [s.ghost_id for s in conv.sides])

@@ -166,8 +166,11 @@ class BridgedLab:
         self.clients.clear()
 
 
-async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str,
+async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str, *,
+                            homeserver_config: dict | None = None,
                             **config_overrides) -> BridgedLab:
+    """`homeserver_config`: top-level homeserver.yaml keys for both homeservers (e.g. TURN);
+    `config_overrides`: the bridge's config, by dotted key."""
     admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {database_name} WITH (FORCE)")
@@ -177,7 +180,8 @@ async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str,
     database_uri = re.sub(r"/[^/]*$", f"/{database_name}", admin_dsn)
     # Ports and names exist before start, so config and registration can be written first.
     registration = root / "registration.yaml"
-    lab = Lab(root / "lab", count=2, appservice_registrations={0: [registration]})
+    lab = Lab(root / "lab", count=2, appservice_registrations={0: [registration]},
+              extra_config=homeserver_config)
     hs1 = lab.homeservers[0]
     port = free_port()
     config = root / "bridge-config.yaml"

@@ -81,6 +81,18 @@ def die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
+async def terminate(proc: asyncio.subprocess.Process | None, timeout: float) -> None:
+    """SIGTERM a lab child and wait for it; SIGKILL when it has not gone within `timeout`."""
+    if proc is None or proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
 @dataclass
 class LabUser:
     user_id: str
@@ -223,14 +235,7 @@ class Homeserver:
 
     async def stop(self) -> None:
         proc, self._process = self._process, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self.stop_timeout)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await terminate(proc, self.stop_timeout)
 
     async def restart(self) -> None:
         await self.stop()

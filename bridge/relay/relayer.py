@@ -12,7 +12,9 @@ import asyncpg
 
 from bridge.config import Config
 from bridge.portal import Portal, txn_id
+from bridge.relay.calls import GROUP_CALL_NOTIFY_TYPES, ids_of, is_call_event, sanitise_call
 from bridge.relay.sanitise import Refused, redacted_event_id, sanitise
+from bridge.store import calls as call_ids
 from bridge.store import relayed
 from bridge.store.conversations import Conversation, Side
 
@@ -48,11 +50,16 @@ class Relayer:
         if event["type"] == "m.room.redaction":
             await self._redact(conv, side, event)
             return
-        mapping = {}
-        for event_id in referenced_event_ids(event.get("content")):
-            mapping[event_id] = await relayed.counterpart(self.pool, conv.id, event_id)
-        result = sanitise(event["type"], event.get("content"), map_event_id=mapping.get,
-                          max_body_bytes=self.config["bridge.max_body_bytes"])
+        if is_call_event(event["type"]):
+            result = await self.call_content(conv, side, event)
+            if result is None:  # nothing of it crosses (e.g. every candidate filtered out)
+                return
+        else:
+            mapping = {}
+            for event_id in referenced_event_ids(event.get("content")):
+                mapping[event_id] = await relayed.counterpart(self.pool, conv.id, event_id)
+            result = sanitise(event["type"], event.get("content"), map_event_id=mapping.get,
+                              max_body_bytes=self.config["bridge.max_body_bytes"])
         if isinstance(result, Refused):
             log.info("Conversation %d: refused %s from side %d: %s %s", conv.id,
                      event["event_id"], side.side, result.reason, result.detail)
@@ -78,3 +85,14 @@ class Relayer:
         redaction = await self.portal.redact(partner.ghost_id, partner.room_id, copy,
                                              txn_id("redact", event["event_id"]))
         await relayed.record(self.pool, event["event_id"], conv.id, partner.room_id, redaction)
+
+    async def call_content(self, conv: Conversation, side: Side, event: dict) -> dict | Refused | None:
+        """A 1:1 call event for the partner, its IDs swapped for their stand-ins."""
+        if event["type"] in GROUP_CALL_NOTIFY_TYPES:
+            return None
+        if not self.config["bridge.calls.enabled"]:
+            # Told once, at the invite; the rest of the call's signalling goes nowhere.
+            return Refused("calls_disabled") if event["type"] == "m.call.invite" else None
+        ids = await call_ids.resolve(self.pool, conv.id, side.side, *ids_of(event.get("content")))
+        return sanitise_call(event["type"], event.get("content"), ids,
+                             force_relay=self.config["bridge.calls.force_relay"])

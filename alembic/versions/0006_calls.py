@@ -1,0 +1,34 @@
+"""Call IDs mapped per conversation: what one side's client calls its party (its device ID)
+and its call, and the random stand-in the other side sees instead.
+
+Revision ID: 0006
+Revises: 0003
+Create Date: 2026-12-04
+
+On the calls branch this follows 0003; the lead re-chains it after the other branches'
+revisions at merge (only down_revision changes).
+"""
+from alembic import op
+
+revision = "0006"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("""
+    CREATE TABLE call_ids (
+        conversation_id bigint NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+        kind            text NOT NULL CHECK (kind IN ('call', 'party')),
+        -- the side whose client chose real_id; the other side only ever sees alias
+        side            smallint NOT NULL CHECK (side IN (0, 1)),
+        real_id         text NOT NULL,
+        alias           text NOT NULL,
+        PRIMARY KEY (conversation_id, kind, side, real_id),
+        UNIQUE (conversation_id, kind, side, alias)
+    )""")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE call_ids")
