@@ -4,44 +4,13 @@ from __future__ import annotations
 import io
 
 import pytest
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from bridge.media.clean import THUMBNAIL_BOX, Unclean, clean_image, thumbnail
+from tests.media_samples import GPS_IFD, has_metadata, jpeg_with_exif, photo, png_with_text
 
-GPS_IFD = 0x8825
 SECRETS = [b"Alice", b"Canon", b"2024:05:06", b"secret-comment", b"48.8", b"Exif", b"tEXt",
            b"iTXt", b"zTXt", b"XML:com.adobe.xmp", b"icc-profile-name"]
-
-
-def photo(size=(64, 48), colour=(200, 30, 40)) -> Image.Image:
-    image = Image.new("RGB", size, colour)
-    image.paste((0, 255, 0), (0, 0, 8, 8))  # a marker block, to check orientation
-    return image
-
-
-def jpeg_with_exif(orientation: int = 1, size=(64, 48)) -> bytes:
-    exif = Image.Exif()
-    exif[0x010F] = "Canon"  # Make
-    exif[0x013B] = "Alice"  # Artist
-    exif[0x0132] = "2024:05:06 07:08:09"  # DateTime
-    exif[0x0112] = orientation
-    exif.get_ifd(GPS_IFD).update({1: "N", 2: (48.0, 51.0, 29.0), 3: "E", 4: (2.0, 17.0, 40.0)})
-    out = io.BytesIO()
-    photo(size).save(out, "JPEG", exif=exif.tobytes(), comment=b"secret-comment",
-                     icc_profile=b"icc-profile-name" * 4)
-    return out.getvalue()
-
-
-def png_with_text() -> bytes:
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Author", "Alice")
-    info.add_itxt("Comment", "secret-comment", lang="en")
-    info.add_text("Software", "Canon", zip=True)
-    info.add_text("XML:com.adobe.xmp", "<x:xmpmeta>Alice</x:xmpmeta>")
-    image = Image.new("RGBA", (40, 30), (10, 20, 30, 128))
-    out = io.BytesIO()
-    image.save(out, "PNG", pnginfo=info, exif=Image.Exif().tobytes())
-    return out.getvalue()
 
 
 def test_the_fixtures_really_carry_the_metadata():
@@ -51,6 +20,7 @@ def test_the_fixtures_really_carry_the_metadata():
     with Image.open(io.BytesIO(png)) as image:
         assert image.text["Author"] == "Alice" and image.text["Comment"] == "secret-comment"
     assert b"Alice" in jpeg and b"tEXt" in png and b"zTXt" in png and b"iTXt" in png
+    assert has_metadata(jpeg) and has_metadata(png)
 
 
 def test_jpeg_exif_gps_camera_date_comment_and_icc_are_gone():
@@ -58,6 +28,7 @@ def test_jpeg_exif_gps_camera_date_comment_and_icc_are_gone():
     assert (clean.mimetype, clean.width, clean.height) == ("image/jpeg", 64, 48)
     for secret in SECRETS:
         assert secret not in clean.data, secret
+    assert has_metadata(clean.data) == []
     with Image.open(io.BytesIO(clean.data)) as image:
         assert image.format == "JPEG"
         assert dict(image.getexif()) == {} and "icc_profile" not in image.info
@@ -70,6 +41,7 @@ def test_png_text_chunks_are_gone_and_transparency_kept():
     assert (clean.mimetype, clean.width, clean.height) == ("image/png", 40, 30)
     for secret in SECRETS:
         assert secret not in clean.data, secret
+    assert has_metadata(clean.data) == []
     with Image.open(io.BytesIO(clean.data)) as image:
         assert image.text == {} and image.mode == "RGBA"
         assert image.getpixel((5, 5)) == (10, 20, 30, 128)
