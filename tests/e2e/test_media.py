@@ -15,7 +15,7 @@ from PIL import Image
 
 from bridge.lab.bridged import BridgedLab
 from bridge.lab.client import LabClient, Seen
-from bridge.lab.media import received_media, send_media
+from bridge.lab.media import received_media, send_media, upload
 from tests.e2e.anonymity import identifiers_of, leaks
 from tests.media_samples import has_metadata, jpeg_with_exif, png_with_text
 
@@ -163,3 +163,61 @@ async def test_sticker_crosses_and_a_switched_off_file_is_refused(bridged: Bridg
     assert [s.body for s in after] == ["after the file"]
     assert room_leaks(bridged, hugo, hugo_room, gina,
                       [sticker_event, file_event, "gina-cv", "Gina's cat"]) == []
+
+
+async def test_operator_switches_and_limits(bridged: BridgedLab):
+    """Voice and files switched on cross as bytes with neutral names (their inner metadata is
+    NOT cleaned: README says so); too large and undecryptable attachments are refused."""
+    async with bridged.reconfigured(**{"bridge.media.voice": True, "bridge.media.files": True,
+                                       "bridge.media.max_bytes": 200_000}):
+        ines, ines_dm = await bridged.ready_user(1, "Ines", encrypted=True)
+        jack, jack_dm = await bridged.ready_user(0, "Jack")
+        ines_room, jack_room = await bridged.pair(ines, ines_dm, jack, jack_dm)
+
+        voice = b"OggS\x00\x02" + bytes(range(256)) * 20
+        mark = jack.mark()
+        voice_event = await send_media(
+            ines, ines_room, voice, filename="Voice message from Ines.ogg", mimetype="audio/ogg",
+            msgtype="m.audio", encrypt=True,
+            **{"org.matrix.msc3245.voice": {}, "org.matrix.msc1767.audio": {"duration": 1200}})
+        seen = await media_event(jack, jack_room, mark, msgtype="m.audio")
+        assert seen.content["body"] == "voice.ogg" and "org.matrix.msc3245.voice" in seen.content
+        assert seen.content["info"] == {"mimetype": "audio/ogg", "size": len(voice)}
+        assert seen.content["url"].startswith(f"mxc://{bridged.bridge_domain}/")
+        assert await received_media(jack, seen.content) == voice  # bytes as they were
+
+        mark = jack.mark()
+        file_event = await send_media(ines, ines_room, b"%PDF-1.4 notes", filename="ines-cv.pdf",
+                                      mimetype="application/pdf", msgtype="m.file", encrypt=True)
+        seen = await media_event(jack, jack_room, mark, msgtype="m.file")
+        assert seen.content["body"] == "file.pdf"
+        assert await received_media(jack, seen.content) == b"%PDF-1.4 notes"
+
+        # Larger than max_bytes: refused, and the sender told.
+        noise = Image.frombytes("RGB", (600, 600), bytes(range(256)) * 4218 + b"\x00" * 192)
+        big = io.BytesIO()
+        noise.save(big, "JPEG", quality=100)
+        assert len(big.getvalue()) > 200_000
+        mark, jack_mark = ines.mark(), jack.mark()
+        await send_media(ines, ines_room, big.getvalue(), filename="big.jpg",
+                         mimetype="image/jpeg", encrypt=True)
+        await ines.wait_for_event(lambda s: s.room_id == ines_room and "too large" in (s.body or ""),
+                                  since=mark, description="too large notice")
+
+        # An encrypted file whose hash does not match its bytes: refused as unreadable.
+        source = await upload(ines, jpeg_with_exif(), "image/jpeg", "x.jpg", encrypt=True)
+        source["file"]["hashes"]["sha256"] = "A" * 43
+        mark = ines.mark()
+        await ines.send_raw(ines_room, "m.room.message", {"msgtype": "m.image", "body": "x.jpg",
+                                                           **source})
+        await ines.wait_for_event(
+            lambda s: s.room_id == ines_room and "could not be read" in (s.body or ""),
+            since=mark, description="unreadable notice")
+
+        await ines.send_text(ines_room, "after the refusals")
+        await jack.wait_for_message(jack_room, "after the refusals", since=jack_mark)
+        after = [s for s in jack.log[jack_mark:] if s.room_id == jack_room
+                 and s.type == "m.room.message"]
+        assert [s.body for s in after] == ["after the refusals"]
+        assert room_leaks(bridged, jack, jack_room, ines,
+                          [voice_event, file_event, "Voice message from", "ines-cv"]) == []
