@@ -57,8 +57,11 @@ async def download(intent: IntentAPI, mxc: str, max_bytes: int) -> bytes:
     api = intent.api
     url = api.get_download_url(mxc, authenticated=True)
     params = {"allow_redirect": "true"}
-    if api.as_user_id:
-        params["user_id"] = api.as_user_id  # the appservice acting as this ghost
+    # The appservice acting as this ghost (mautrix's AppServiceAPI keeps it as `identity`,
+    # and its own download_media leaves it out: it would download as the bot).
+    user_id = getattr(api, "identity", None) or getattr(api, "bot_mxid", None)
+    if user_id:
+        params["user_id"] = user_id
     headers = {"Authorization": f"Bearer {api.token}"}
     try:
         async with api.session.get(url, params=params, headers=headers,
