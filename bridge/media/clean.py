@@ -41,8 +41,13 @@ def clean_image(data: bytes, max_pixels: int) -> CleanImage:
                 if width * height > max_pixels or width < 1 or height < 1:
                     raise Unclean("media_too_big")
                 fmt = source.format
-                upright = ImageOps.exif_transpose(source)  # orientation applied, then dropped
-                pixels = _plain_mode(upright)
+                ImageOps.exif_transpose(source, in_place=True)  # orientation applied
+                pixels = _plain_mode(source)
+                # A fresh image holding only the pixels: its info dict (exif, icc_profile,
+                # text, ...) is empty, so the encoder has nothing to write but pixels.
+                fresh = Image.new(pixels.mode, pixels.size)
+                fresh.paste(pixels)
+                del pixels
     except Unclean:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -50,9 +55,6 @@ def clean_image(data: bytes, max_pixels: int) -> CleanImage:
     except (OSError, ValueError, SyntaxError, EOFError, Image.UnidentifiedImageError,
             MemoryError, struct.error):  # truncated files surface as struct.error too
         raise Unclean("media_unreadable") from None
-    # A fresh image from the raw pixel bytes: its info dict (exif, icc_profile, text, ...)
-    # is empty, so the encoder has nothing to write but pixels.
-    fresh = Image.frombytes(pixels.mode, pixels.size, pixels.tobytes())
     if fmt == "JPEG" and fresh.mode == "RGB":
         return _encode(fresh, "JPEG")
     return _encode(fresh, "PNG")
@@ -64,15 +66,14 @@ def thumbnail(image: CleanImage) -> CleanImage | None:
     if image.width <= THUMBNAIL_BOX[0] and image.height <= THUMBNAIL_BOX[1]:
         return None
     with Image.open(io.BytesIO(image.data)) as clean:
-        clean.load()
-        small = clean.copy()
-    small.thumbnail(THUMBNAIL_BOX)
-    fresh = Image.frombytes(small.mode, small.size, small.tobytes())
-    return _encode(fresh, "JPEG" if image.mimetype == "image/jpeg" else "PNG")
+        clean.thumbnail(THUMBNAIL_BOX)  # our own clean output: nothing else in it
+        small = Image.new(clean.mode, clean.size)
+        small.paste(clean)
+    return _encode(small, "JPEG" if image.mimetype == "image/jpeg" else "PNG")
 
 
 def _plain_mode(image: Image.Image) -> Image.Image:
-    """RGB, or RGBA when the image has transparency (palettes and odd modes converted)."""
+    """RGB, or RGBA when the image has transparency (palettes, CMYK, 16-bit converted)."""
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
     wanted = "RGBA" if has_alpha else "RGB"
     return image if image.mode == wanted else image.convert(wanted)
