@@ -226,6 +226,11 @@ def _text_like(content: dict, ctx: _Ctx, is_reply: bool) -> dict:
 # neutral file name and the info the bridge computed. The sender's url, file, file name,
 # info and thumbnails are never read here.
 
+# Which of the bridge's media kinds (bridge/media/kinds.py) each msgtype may carry.
+_MEDIA_KINDS = {"m.image": ("images",), "m.audio": ("audio", "voice"), "m.video": ("video",),
+                "m.file": ("files",)}
+
+
 def _media_of(ctx: _Ctx, kinds: tuple[str, ...]) -> Attachment:
     if ctx.media is None or ctx.media.kind not in kinds:
         raise _Refuse("unsupported_msgtype", "media without the bridge's copy")
@@ -234,8 +239,7 @@ def _media_of(ctx: _Ctx, kinds: tuple[str, ...]) -> Attachment:
 
 def _media_message(content: dict, ctx: _Ctx, is_reply: bool) -> dict:
     msgtype = content["msgtype"]
-    media = _media_of(ctx, {"m.image": ("images",), "m.audio": ("audio", "voice"),
-                            "m.video": ("video",), "m.file": ("files",)}[msgtype])
+    media = _media_of(ctx, _MEDIA_KINDS[msgtype])
     out = {"msgtype": msgtype, "body": media.filename, "info": media.info(), **media.source}
     # A caption (the spec's media captions): `filename` present and `body` differing from
     # it. It crosses like a text message, through the same checks; the name never does.
