@@ -12,7 +12,7 @@ import re
 import aiohttp
 from mautrix.appservice import IntentAPI
 from mautrix.crypto.attachments import decrypt_attachment, encrypt_attachment
-from mautrix.errors import DecryptionError, MatrixStandardRequestError
+from mautrix.errors import DecryptionError, MatrixRequestError, MatrixStandardRequestError
 
 DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=120, sock_connect=30)
 # An mxc URI as the spec has it; anything else is never put into a request path.
@@ -87,9 +87,14 @@ async def upload(intent: IntentAPI, data: bytes, mimetype: str, filename: str | 
                  encrypted: bool) -> tuple[dict, int]:
     """Upload as the ghost: ({"url": mxc} or {"file": EncryptedFile}, size of the plaintext).
     Encrypted uploads are opaque bytes with no name or type on the homeserver."""
-    if not encrypted:
-        mxc = await intent.upload_media(data, mime_type=mimetype, filename=filename)
-        return {"url": str(mxc)}, len(data)
-    ciphertext, info = encrypt_attachment(data)
-    info.url = await intent.upload_media(ciphertext, mime_type="application/octet-stream")
-    return {"file": info.serialize()}, len(data)
+    try:
+        if not encrypted:
+            mxc = await intent.upload_media(data, mime_type=mimetype, filename=filename)
+            return {"url": str(mxc)}, len(data)
+        ciphertext, info = encrypt_attachment(data)
+        info.url = await intent.upload_media(ciphertext, mime_type="application/octet-stream")
+        return {"file": info.serialize()}, len(data)
+    except MatrixRequestError as e:
+        if e.http_status == 413:  # over the homeserver's max_upload_size
+            raise Unavailable("media_too_big") from None
+        raise

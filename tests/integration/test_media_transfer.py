@@ -12,6 +12,7 @@ from mautrix.crypto.attachments import encrypt_attachment
 from mautrix.errors import MatrixStandardRequestError
 
 from bridge.media import transfer
+from bridge.state_store import TrimmedStateStore
 
 PREFIX = "/_matrix/client/v1/media/download/remote.example"
 GHOST = "@_stranger_abc:bridge.example"
@@ -48,7 +49,15 @@ async def server():
         result = handler(request)
         return await result if hasattr(result, "__await__") else result
 
+    async def upload(request: web.Request) -> web.Response:
+        seen.append(request)
+        body = await request.read()
+        if len(body) > 100:
+            return web.json_response({"errcode": "M_TOO_LARGE"}, status=413)
+        return web.json_response({"content_uri": "mxc://bridge.example/new"})
+
     app.router.add_get(PREFIX + "/{media}", dispatch)
+    app.router.add_post("/_matrix/media/v3/upload", upload)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -57,7 +66,9 @@ async def server():
     async with aiohttp.ClientSession() as session:
         bot_api = AppServiceAPI(f"http://127.0.0.1:{port}", "@bot:bridge.example", TOKEN,
                                 log=logging.getLogger("test.media"), client_session=session)
-        yield IntentAPI(GHOST, bot_api.user(GHOST)), seen
+        state_store = TrimmedStateStore()  # the bridge's own
+        await state_store.registered(GHOST)
+        yield IntentAPI(GHOST, bot_api.user(GHOST), state_store=state_store), seen
     await runner.cleanup()
 
 
@@ -113,3 +124,17 @@ def test_encrypted_files_are_checked_then_decrypted():
                    {**file, "iv": None}, {**file, "url": "mxc://x/../y"}, "not a dict"):
         with pytest.raises(transfer.Unavailable):
             transfer.encrypted_source(broken)
+
+
+async def test_uploads_are_made_as_the_ghost_and_too_large_is_a_refusal(server):
+    intent, seen = server
+    source, size = await transfer.upload(intent, b"small", "image/png", "image.png", False)
+    assert (source, size) == ({"url": "mxc://bridge.example/new"}, 5)
+    assert seen[-1].query["user_id"] == GHOST and seen[-1].query["filename"] == "image.png"
+    source, size = await transfer.upload(intent, b"small", "image/png", None, True)
+    assert source["file"]["url"] == "mxc://bridge.example/new" and size == 5
+    assert seen[-1].headers["Content-Type"] == "application/octet-stream"
+    assert "filename" not in seen[-1].query
+    with pytest.raises(transfer.Unavailable) as refused:
+        await transfer.upload(intent, b"x" * 200, "image/png", "image.png", False)
+    assert refused.value.args == ("media_too_big",)
