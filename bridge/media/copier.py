@@ -21,12 +21,16 @@ from bridge.store.conversations import Side
 log = logging.getLogger("bridge.media")
 
 _CLEANED_KINDS = ("images", "stickers")  # decoded and re-encoded by Pillow
+# Images cleaned at once, across all rooms: each can hold a few hundred MB of pixels while
+# decoded (bridge.media.max_pixels), and the work is CPU-bound.
+CLEANING_AT_ONCE = 2
 
 
 class MediaCopier:
     def __init__(self, config: Config, portal: Portal) -> None:
         self.config = config
         self.portal = portal
+        self._cleaning = asyncio.Semaphore(CLEANING_AT_ONCE)
 
     def enabled(self, kind: str) -> bool:
         return bool(self.config[f"bridge.media.{kind}"])
@@ -63,9 +67,10 @@ class MediaCopier:
 
     async def _copy_image(self, kind: str, data: bytes, partner: Side) -> Attachment:
         max_pixels = self.config["bridge.media.max_pixels"]
-        image = await asyncio.to_thread(clean_image, data, max_pixels)
-        # Stickers are shown small and, by the spec, carry a plain url: no thumbnail.
-        small = await asyncio.to_thread(thumbnail, image) if kind == "images" else None
+        async with self._cleaning:
+            image = await asyncio.to_thread(clean_image, data, max_pixels)
+            # Stickers are shown small and, by the spec, carry a plain url: no thumbnail.
+            small = await asyncio.to_thread(thumbnail, image) if kind == "images" else None
         # m.sticker has no encrypted-file field in the spec: stickers always go as url.
         encrypted = kind == "images" and await self._encrypted(partner)
         ghost = self.portal.ghost(partner.ghost_id)
