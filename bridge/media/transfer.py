@@ -79,7 +79,7 @@ async def download(intent: IntentAPI, mxc: str, max_bytes: int) -> bytes:
                 if len(data) > max_bytes:
                     raise Unavailable("media_too_big")
             return bytes(data)
-    except asyncio.TimeoutError:
+    except (asyncio.TimeoutError, aiohttp.ClientPayloadError):  # too slow, or cut off
         raise Unavailable("media_unavailable") from None
 
 
