@@ -52,13 +52,15 @@ class MediaCopier:
 
     async def _fetch(self, side: Side, content: dict) -> bytes:
         max_bytes = self.config["bridge.media.max_bytes"]
-        downloader = self.portal.ghost(side.ghost_id)  # a member of the room it was sent in
+        material = None
         if content.get("file") is not None:
             mxc, material = transfer.encrypted_source(content["file"])
-            # The ciphertext is as long as the plaintext (AES-CTR): the same cap holds.
-            return transfer.decrypt(await transfer.download(downloader, mxc, max_bytes), material)
-        return await transfer.download(downloader, transfer.parse_mxc(content.get("url")),
-                                       max_bytes)
+        else:
+            mxc = transfer.parse_mxc(content.get("url"))
+        downloader = self.portal.ghost(side.ghost_id)  # a member of the room it was sent in
+        data = await transfer.download(downloader, mxc, max_bytes)
+        # (The ciphertext is as long as the plaintext, AES-CTR: the same cap holds.)
+        return data if material is None else transfer.decrypt(data, material)
 
     async def _encrypted(self, partner: Side) -> bool:
         devices = self.portal.ghost_devices
