@@ -221,3 +221,16 @@ async def test_operator_switches_and_limits(bridged: BridgedLab):
         assert [s.body for s in after] == ["after the refusals"]
         assert room_leaks(bridged, jack, jack_room, ines,
                           [voice_event, file_event, "Voice message from", "ines-cv"]) == []
+
+
+async def test_images_both_ways_encrypted_in_appservice_mode(bridged_appservice: BridgedLab):
+    """The same with the ghosts' devices fed by appservice transactions (MSC2409/MSC3202)."""
+    lab = bridged_appservice
+    try:
+        kate, kate_dm = await lab.ready_user(1, "Kate", encrypted=True)
+        liam, liam_dm = await lab.ready_user(0, "Liam", encrypted=True)
+        kate_room, liam_room = await lab.pair(kate, kate_dm, liam, liam_dm)
+        await image_both_ways(lab, kate, kate_room, liam, liam_room,
+                              a_encrypted=True, b_encrypted=True)
+    finally:
+        await lab.close_clients()
