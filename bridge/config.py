@@ -46,6 +46,9 @@ class Config(BaseFileConfig):
             "bridge.command_prefix", "bridge.calls.enabled", "bridge.calls.force_relay",
             "bridge.matching.fallback_after", "bridge.matching.rematch_cooldown",
             "bridge.matching.max_tags", "bridge.matching.max_tag_length",
+            "bridge.media.images", "bridge.media.stickers", "bridge.media.voice",
+            "bridge.media.audio", "bridge.media.video", "bridge.media.files",
+            "bridge.media.max_bytes", "bridge.media.max_pixels",
             "bridge.encryption.allow", "bridge.encryption.default", "bridge.encryption.require",
             "bridge.encryption.appservice", "bridge.encryption.pickle_key",
             "bridge.encryption.self_sign", "bridge.encryption.allow_key_sharing",
@@ -135,6 +138,10 @@ class Config(BaseFileConfig):
         _seconds(self, "bridge.matching.rematch_cooldown", 0, 30 * 86400)
         _int(self, "bridge.matching.max_tags", 1, 50)
         _int(self, "bridge.matching.max_tag_length", 1, 200)
+        for kind in ("images", "stickers", "voice", "audio", "video", "files"):
+            _bool(self, f"bridge.media.{kind}")
+        _int(self, "bridge.media.max_bytes", 1024, 1024 ** 3)
+        _int(self, "bridge.media.max_pixels", 1, 500_000_000)
         self._validate_encryption()
         if self["logging.level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("logging.level", f"must be DEBUG, INFO, WARNING or ERROR, "

@@ -129,7 +129,19 @@ ENGLISH: dict[str, str] = {
         "This chat has ended; nothing you write here reaches anyone. "
         "Send {prefix}start to the bot to meet someone new."
     ),
-    "refused_unsupported_msgtype": "Only text messages can be sent to the stranger; that one was not delivered.",
+    "refused_unsupported_msgtype": "That kind of message can't be sent to the stranger; it was not delivered.",
+    "refused_media_disabled": (
+        "This bridge doesn't pass that kind of attachment on, so it was not delivered."
+    ),
+    "refused_media_too_big": "That attachment is too large to deliver, so it was not delivered.",
+    "refused_media_unreadable": (
+        "That attachment could not be read (or is not a picture the bridge can clean), so "
+        "it was not delivered."
+    ),
+    "refused_media_unavailable": (
+        "That attachment could not be fetched from your homeserver, so it was not delivered. "
+        "Please try again."
+    ),
     "refused_unsupported_event": "That can't be sent to the stranger; it was not delivered.",
     "refused_too_long": "That message is too long to deliver. Please split it up.",
     "refused_group_call": (

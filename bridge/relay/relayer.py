@@ -11,6 +11,8 @@ import logging
 import asyncpg
 
 from bridge.config import Config
+from bridge.media.copier import MediaCopier
+from bridge.media.kinds import kind_of
 from bridge.portal import Portal, txn_id
 from bridge.relay.calls import GROUP_CALL_NOTIFY_TYPES, ids_of, is_call_event, sanitise_call
 from bridge.relay.sanitise import Refused, redacted_event_id, sanitise
@@ -39,6 +41,7 @@ class Relayer:
         self.pool = pool
         self.config = config
         self.portal = portal
+        self.media = MediaCopier(config, portal)
 
     async def relay(self, conv: Conversation, side: Side, event: dict) -> None:
         if await relayed.target_of(self.pool, event["event_id"]) is not None:
@@ -58,8 +61,15 @@ class Relayer:
             mapping = {}
             for event_id in referenced_event_ids(event.get("content")):
                 mapping[event_id] = await relayed.counterpart(self.pool, conv.id, event_id)
-            result = sanitise(event["type"], event.get("content"), map_event_id=mapping.get,
-                              max_body_bytes=self.config["bridge.max_body_bytes"])
+            media = None
+            if kind_of(event["type"], event.get("content")) is not None:
+                # Copied (downloaded, cleaned, uploaded as the partner's ghost) before
+                # sanitising: sanitise builds the content from the copy, never from the
+                # sender's attachment.
+                media = await self.media.copy(side, partner, event)
+            result = media if isinstance(media, Refused) else sanitise(
+                event["type"], event.get("content"), map_event_id=mapping.get,
+                max_body_bytes=self.config["bridge.max_body_bytes"], media=media)
         if isinstance(result, Refused):
             log.info("Conversation %d: refused %s from side %d: %s %s", conv.id,
                      event["event_id"], side.side, result.reason, result.detail)

@@ -14,6 +14,8 @@ from urllib.parse import unquote, urlsplit
 
 import nh3
 
+from bridge.media.kinds import VOICE_MARKER, Attachment
+
 
 @dataclass(frozen=True)
 class Refused:
@@ -29,6 +31,7 @@ class _Refuse(Exception):
 class _Ctx:
     map_event_id: Callable[[str], str | None]
     max_body_bytes: int
+    media: Attachment | None = None  # the bridge's copy of the event's attachment
 
     def map(self, event_id: str) -> str | None:
         mapped = self.map_event_id(event_id)
@@ -218,9 +221,58 @@ def _text_like(content: dict, ctx: _Ctx, is_reply: bool) -> dict:
     return out
 
 
-# Per-msgtype handlers; add m.image etc. here once media relaying exists.
+# --- media (m.image, m.audio, m.video, m.file, m.sticker) -----------------------------------
+# Built only from the bridge's own copy (bridge/media/): its new mxc or encrypted file, a
+# neutral file name and the info the bridge computed. The sender's url, file, file name,
+# info and thumbnails are never read here.
+
+# Which of the bridge's media kinds (bridge/media/kinds.py) each msgtype may carry.
+_MEDIA_KINDS = {"m.image": ("images",), "m.audio": ("audio", "voice"), "m.video": ("video",),
+                "m.file": ("files",)}
+
+
+def _media_of(ctx: _Ctx, kinds: tuple[str, ...]) -> Attachment:
+    if ctx.media is None or ctx.media.kind not in kinds:
+        raise _Refuse("unsupported_msgtype", "media without the bridge's copy")
+    return ctx.media
+
+
+def _media_message(content: dict, ctx: _Ctx, is_reply: bool) -> dict:
+    msgtype = content["msgtype"]
+    media = _media_of(ctx, _MEDIA_KINDS[msgtype])
+    out = {"msgtype": msgtype, "body": media.filename, "info": media.info(), **media.source}
+    # A caption (the spec's media captions): `filename` present and `body` differing from
+    # it. It crosses like a text message, through the same checks; the name never does.
+    filename = _opt(content, "filename", str)
+    if filename is not None and content.get("body") != filename:
+        caption = _text_like({**content, "msgtype": "m.text"}, ctx, is_reply)
+        if caption["body"].strip():
+            out["filename"] = media.filename
+            out.update({k: v for k, v in caption.items() if k != "msgtype"})
+    if media.kind == "voice":
+        out[VOICE_MARKER] = {}  # clients show a voice message (MSC3245), nothing else kept
+    return out
+
+
+STICKER_BODY = "Sticker"  # a pack's description text is not copied
+
+
+def _sticker(content: dict, ctx: _Ctx) -> dict:
+    media = _media_of(ctx, ("stickers",))
+    out = {"body": STICKER_BODY, "info": media.info(), **media.source}
+    relates = _opt(content, "m.relates_to", dict)
+    if relates is not None:
+        relation, _ = _relation(relates, ctx)
+        if relation is not None:
+            out["m.relates_to"] = relation
+    return out
+
+
+# Per-msgtype handlers.
 _MSGTYPES: dict[str, Callable[[dict, _Ctx, bool], dict]] = {
     "m.text": _text_like, "m.notice": _text_like, "m.emote": _text_like,
+    "m.image": _media_message, "m.audio": _media_message, "m.video": _media_message,
+    "m.file": _media_message,
 }
 
 
@@ -265,7 +317,8 @@ def _edit(content: dict, relates: dict, ctx: _Ctx) -> dict:
     new = _opt(content, "m.new_content", dict)
     if new is None:
         raise _Refuse("malformed", "edit without m.new_content")
-    inner = _message(new, ctx)  # relations inside m.new_content are never copied
+    # Relations inside m.new_content are never copied; nor is media (no media edits).
+    inner = _message(new, _Ctx(ctx.map_event_id, ctx.max_body_bytes))
     mapped = ctx.map(target)
     if mapped is None:
         raise _Refuse("unknown_target", "edited event is not relayed")
@@ -328,7 +381,7 @@ def redacted_event_id(event: dict) -> str | None:
 # Per-event-type handlers (redactions are mirrored by the relayer: they have no content to
 # carry across, only a mapped target).
 _EVENT_TYPES: dict[str, Callable[[dict, _Ctx], dict]] = {
-    "m.room.message": _room_message, "m.reaction": _reaction,
+    "m.room.message": _room_message, "m.reaction": _reaction, "m.sticker": _sticker,
 }
 # Event types refused with a reason of their own (what the sender is told).
 _REFUSED_EVENT_TYPES = {
@@ -344,8 +397,10 @@ def sanitise(
     *,
     map_event_id: Callable[[str], str | None],
     max_body_bytes: int = 32768,
+    media: Attachment | None = None,
 ) -> dict | Refused:
-    """Content safe to send to the partner room, or why the event can't be relayed."""
+    """Content safe to send to the partner room, or why the event can't be relayed.
+    `media`: the bridge's copy of the event's attachment (media events need one)."""
     handler = _EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
     if handler is None:
         return Refused(_REFUSED_EVENT_TYPES.get(event_type, "unsupported_event"),
@@ -353,6 +408,6 @@ def sanitise(
     if not isinstance(content, dict):
         return Refused("malformed", "content is not an object")
     try:
-        return handler(content, _Ctx(map_event_id, max_body_bytes))
+        return handler(content, _Ctx(map_event_id, max_body_bytes, media))
     except _Refuse as refusal:
         return Refused(*refusal.args)
