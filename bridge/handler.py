@@ -228,7 +228,9 @@ class Handler:
                            else self.decrypt_chat_event(side, event))
             if event is None:
                 return Outcome.DONE
-        body = event["content"].get("body") if event["type"] == "m.room.message" else None
+        # (Only a text message is a command: a picture's caption "!next" is a caption.)
+        body = (event["content"].get("body") if event["type"] == "m.room.message"
+                and event["content"].get("msgtype") == "m.text" else None)
         command = parse(body, self.prefix) if isinstance(body, str) else None
         if command is not None and command.name in Commands.IN_CHAT_ROOM:
             # Never relayed: the partner must not see the user's commands.
