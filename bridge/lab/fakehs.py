@@ -69,6 +69,8 @@ class FakeHomeserver:
         # when Synapse's appservice recoverer race strands a transaction.
         self.strand: Callable[[dict], bool] | None = None
         self.stranded: list[dict] = []
+        self.account_data: dict[tuple[str, str], dict] = {}  # (user, type) -> content
+        self._ephemeral_pushes: set[asyncio.Task] = set()
         self.txn_cache: OrderedDict[tuple[str, str], str] = OrderedDict()  # bounded
         self._ids = itertools.count(1)
         self._txn_ids = itertools.count(1)
@@ -223,13 +225,17 @@ class FakeHomeserver:
                 async with self._changed:
                     self._changed.notify_all()
 
-    async def _push(self, txn_id: str, events: list[dict]) -> bool:
+    async def _push(self, txn_id: str, events: list[dict],
+                    ephemeral: list[dict] | None = None) -> bool:
         if self.bridge_url is None:
             return False
+        body: dict[str, Any] = {"events": events}
+        if ephemeral:
+            body["ephemeral"] = ephemeral
         try:
             async with self._session.put(
                     f"{self.bridge_url}/_matrix/app/v1/transactions/{txn_id}",
-                    data=json.dumps({"events": events}),
+                    data=json.dumps(body),
                     headers={"Authorization": f"Bearer {self.hs_token}",
                              "Content-Type": "application/json"}) as response:
                 return response.status == 200
@@ -260,6 +266,10 @@ class FakeHomeserver:
         r.add_get(c + "/rooms/{room}/context/{event}", self._context)
         r.add_get(c + "/rooms/{room}/messages", self._messages)
         r.add_get(c + "/joined_rooms", self._joined_rooms)
+        r.add_get(c + "/user/{user}/account_data/{type}", self._get_account_data)
+        r.add_put(c + "/user/{user}/account_data/{type}", self._put_account_data)
+        r.add_put(c + "/rooms/{room}/typing/{user}", self._typing)
+        r.add_post(c + "/rooms/{room}/receipt/{type}/{event}", self._ok)
         r.add_post("/_matrix/client/v1/appservice/{id}/ping", self._ping)
         r.add_route("*", "/{tail:.*}", self._unknown)
         return app
@@ -440,6 +450,28 @@ class FakeHomeserver:
         chunk = events[::-1][:limit] if request.query.get("dir") == "b" else events[:limit]
         return web.json_response({"chunk": [_served(e) for e in chunk], "start": "s",
                                   "end": "e"})
+
+    async def _get_account_data(self, request: web.Request) -> web.Response:
+        stored = self.account_data.get((request[USER], request.match_info["type"]))
+        if stored is None:
+            return _error(404, "M_NOT_FOUND", "no account data of that type")
+        return web.json_response(stored)
+
+    async def _put_account_data(self, request: web.Request) -> web.Response:
+        self.account_data[(request[USER], request.match_info["type"])] = await self._body(request)
+        return web.json_response({})
+
+    async def _typing(self, request: web.Request) -> web.Response:
+        """Typing is echoed to the appservice as an ephemeral event, as Synapse does for
+        rooms an appservice's users are in (sent once: not retried)."""
+        typing = (await self._body(request)).get("typing") is True
+        event = {"type": "m.typing", "room_id": request.match_info["room"],
+                 "content": {"user_ids": [request[USER]] if typing else []}}
+        task = asyncio.get_running_loop().create_task(
+            self._push(f"e{next(self._txn_ids)}", [], [event]))
+        self._ephemeral_pushes.add(task)
+        task.add_done_callback(self._ephemeral_pushes.discard)
+        return web.json_response({})
 
     async def _joined_rooms(self, request: web.Request) -> web.Response:
         user = request[USER]

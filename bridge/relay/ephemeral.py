@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
 import asyncpg
 from mautrix.api import Method, Path
-from mautrix.errors import MNotFound
+from mautrix.errors import MatrixError, MNotFound
 
 from bridge.background import Background
 from bridge.dispatcher import is_transient
@@ -56,7 +57,8 @@ class EphemeralRelay:
         self.pool = pool
         self.portal = portal
         self.background = background
-        self._queue: asyncio.Queue[list[dict]] | None = None
+        self._pending: deque[list[dict]] = deque()
+        self._worker: asyncio.Task | None = None  # runs while there is something pending
         self._check: tuple[str, asyncio.Future] | None = None  # (room, typing seen there)
 
     def handle(self, events: list[dict]) -> None:
@@ -65,23 +67,25 @@ class EphemeralRelay:
                   and isinstance(e.get("content"), dict)]
         if not events:
             return
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self.background.spawn(self._run(), "ephemeral relay")
-        self._queue.put_nowait(events)
+        self._pending.append(events)
+        if self._worker is None:
+            self._worker = self.background.spawn(self._run(), "ephemeral relay")
 
     async def _run(self) -> None:
-        while True:
-            for event in await self._queue.get():
-                try:
-                    await self._one(event)
-                except Exception as e:  # one lost typing or receipt: the next corrects it
-                    if not is_transient(e):
-                        log.exception("Could not mirror %s in %s", event.get("type"),
-                                      event["room_id"])
-                    else:
-                        log.info("Could not mirror %s in %s: %s", event.get("type"),
-                                 event["room_id"], e)
+        try:
+            while self._pending:
+                for event in self._pending.popleft():
+                    try:
+                        await self._one(event)
+                    except Exception as e:  # one lost typing or receipt: the next corrects it
+                        if not is_transient(e):
+                            log.exception("Could not mirror %s in %s", event.get("type"),
+                                          event["room_id"])
+                        else:
+                            log.info("Could not mirror %s in %s: %s", event.get("type"),
+                                     event["room_id"], e)
+        finally:
+            self._worker = None
 
     async def _one(self, event: dict) -> None:
         kind, room_id, content = event.get("type"), event["room_id"], event["content"]
@@ -116,7 +120,11 @@ class EphemeralRelay:
         """Type in the bot's own self-check room and wait for that to come back in a
         transaction; False (and an error saying what to fix) when it does not."""
         bot = self.portal.appservice.intent
-        room_id = await self._self_check_room()
+        try:
+            room_id = await self._self_check_room()
+        except MatrixError as e:
+            log.warning("Could not check that typing notifications reach the bridge: %s", e)
+            return False
         seen = asyncio.get_running_loop().create_future()
         self._check = (room_id, seen)
         loop = asyncio.get_running_loop()
