@@ -3,7 +3,6 @@ restart (a new Limits), a flooder is warned and then their chat ends without the
 being flooded, links early in a chat are held back with a notice, invites are limited."""
 from __future__ import annotations
 
-import asyncio
 import re
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -11,13 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from bridge import messages
-from bridge.background import Background
-from bridge.commands import Commands, Parsed
 from bridge.moderation.chat_guard import FLOODED, ChatGuard
 from bridge.moderation.limits import Limits
-from bridge.pairing import Pairing
 from bridge.relay.relayer import Relayer
-from bridge.store import conversations, users
+from bridge.store import conversations
+from tests.integration.moderation_world import agreed, moderation_world, say
 from tests.integration.test_pairing import FakePortal, config  # noqa: F401 (fixture)
 
 
@@ -57,31 +54,10 @@ def limited(config):
 
 @pytest.fixture
 async def world(pool, limited):
-    portal = RecordingPortal()
-    told: list[tuple[str, str, dict]] = []
-
-    async def notify_dm(user_id: str, key: str, cause: str, **values: str) -> None:
-        told.append((user_id, key, values))
-
-    background = Background()
-    pairing = Pairing(pool, limited, portal, notify_dm, background)
-    limits = Limits(pool, limited)
-    yield SimpleNamespace(pairing=pairing, portal=portal, told=told, limits=limits,
-                          commands=Commands(pool, pairing, limits),
-                          guard=ChatGuard(limits, pairing, portal, notify_dm, "!"),
-                          relayer=Relayer(pool, limited, portal, limits))
-    await asyncio.wait_for(background.wait(timeout=10), timeout=15)
-
-
-async def agreed(pool, *user_ids: str) -> None:
-    for user_id in user_ids:
-        await users.ensure(pool, user_id)
-        await users.agree(pool, user_id)
-
-
-async def say(commands: Commands, user_id: str, text: str) -> tuple[str, dict]:
-    reply = await commands.run(user_id, Parsed(text.lstrip("!"), ""))
-    return reply.key, reply.values
+    async with moderation_world(pool, limited, RecordingPortal()) as w:
+        w.guard = ChatGuard(w.limits, w.pairing, w.portal, w.notify_dm, "!")
+        w.relayer = Relayer(pool, limited, w.portal, w.limits)
+        yield w
 
 
 async def active_chat(pool, w, a: str, b: str):
@@ -129,7 +105,7 @@ async def test_too_fast_start_and_next_are_refused_politely(pool, world):
     await say(world.commands, cat, "!start")
     assert (await say(world.commands, ann, "!next"))[0] == "requeued"  # 2nd: with cat
     with_cat = (await conversations.live_side_of(pool, ann)).conversation_id
-    key, values = await say(world.commands, ann, "!next")  # 3rd: too fast
+    key, _, values = await say(world.commands, ann, "!next")  # 3rd: too fast
     assert key == "too_fast"
     assert messages.text(key, **values).startswith(
         "You're looking for new strangers too fast. You can start again in ")
@@ -156,7 +132,7 @@ async def test_a_flooder_is_warned_then_the_chat_ends_and_the_partner_is_spared(
     assert world.told == [(ann, "flood_ended", {"wait": "10 min"})]
     # Nothing reached bob's room, and ann cannot start again for now (even after a restart).
     assert world.portal.sent == []
-    key, values = await say(world.commands, ann, "!start")
+    key, _, values = await say(world.commands, ann, "!start")
     assert key == "flood_cooldown" and re.search(r"in (10 min|9 min \d+ s)\.$",
                                                   messages.text(key, **values))
     assert (await Limits(pool, world.commands.config).start(ann))[0] == "flood_cooldown"

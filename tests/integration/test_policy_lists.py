@@ -3,19 +3,16 @@ types), the restriction they put on users, and what happens to a user a new rule
 their chat ends as after a leave, they leave the queue, !start and !next say why."""
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
 from bridge import messages
-from bridge.background import Background
-from bridge.commands import Commands, Parsed
 from bridge.matching import queue
 from bridge.moderation import policy_lists
 from bridge.moderation.enforcement import RESTRICTED, Enforcer, restriction_for
 from bridge.moderation.policy_lists import apply_state, lift_redacted, policy_restriction
-from bridge.pairing import Pairing
-from bridge.store import conversations, users
+from bridge.store import conversations
+from tests.integration.moderation_world import agreed, moderation_world, say
 from tests.integration.test_pairing import FakePortal, config, live_partner  # noqa: F401
 
 ROOM = "!policy:lists.example"
@@ -133,28 +130,8 @@ async def test_config_server_lists_restrict_too(pool, config):
 
 @pytest.fixture
 async def world(pool, config, policy_room):
-    portal = FakePortal()
-    told: list[tuple[str, str, dict]] = []
-
-    async def notify_dm(user_id: str, key: str, cause: str, **values: str) -> None:
-        told.append((user_id, key, values))
-
-    background = Background()
-    pairing = Pairing(pool, config, portal, notify_dm, background)
-    yield pairing, Enforcer(pool, config, pairing, notify_dm), Commands(pool, pairing), told
-    await asyncio.wait_for(background.wait(timeout=10), timeout=15)
-
-
-async def agreed(pool, *user_ids: str) -> None:
-    for user_id in user_ids:
-        await users.ensure(pool, user_id)
-        await users.agree(pool, user_id)
-
-
-async def say(commands: Commands, user_id: str, text: str) -> tuple[str, str]:
-    name, _, args = text.partition(" ")
-    reply = await commands.run(user_id, Parsed(name.lstrip("!"), args))
-    return reply.key, messages.text(reply.key, prefix="!", **reply.values)
+    async with moderation_world(pool, config, FakePortal()) as w:
+        yield w.pairing, Enforcer(pool, config, w.pairing, w.notify_dm), w.commands, w.told
 
 
 async def test_a_new_server_rule_ends_live_chats_and_empties_the_queue(pool, world):
@@ -186,7 +163,7 @@ async def test_start_and_next_are_refused_with_the_reasons_until_lifted(pool, wo
     await agreed(pool, bob)
     await apply_state(pool, rule_event("user", bob, key="k", reason="harassment"))
     for command in ("!start", "!next", "!start cinema"):
-        key, text = await say(commands, bob, command)
+        key, text, _ = await say(commands, bob, command)
         assert key == "restricted"
         assert text == ("You can't chat here right now. Your account is banned from this "
                         "bridge. Reason: harassment\nThis has no end date.")
