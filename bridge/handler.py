@@ -133,7 +133,12 @@ class Handler:
             await self.portal.ghost_devices.get(side.ghost_id)
 
     async def on_bot_invited(self, room_id: str, inviter: str, event_id: str) -> None:
-        if self.policy is not None and await self.policy.joined_on_invite(room_id):
+        if self.policy is not None and self.policy.is_configured(room_id):
+            # A policy room the bot could not join at start (invite-only): follow it now.
+            if await self.join_invited(self.bot, room_id):
+                await self.policy.follow(room_id)
+                if self.enforcer is not None:
+                    await self.enforcer.enforce_all()  # its rules may stop someone now
             return
         if not self.limits.invite(inviter):
             log.info("Rejected an invite over the invite rate limit")

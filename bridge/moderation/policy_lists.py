@@ -172,7 +172,8 @@ class PolicyLists:
             try:
                 room_id, servers = await self._resolve(entry)
                 self.targets[room_id] = entry
-                await self.bot.join_room(room_id, servers=servers or None)
+                # No retries: a room the bot is not invited to would hold start-up for minutes.
+                await self.bot.join_room(room_id, servers=servers or None, max_retries=0)
                 rooms[room_id] = entry
             except MatrixRequestError as e:
                 log.error("Policy room %s: cannot join (%s); its rules are not followed until "
@@ -191,18 +192,17 @@ class PolicyLists:
             return entry, [entry.split(":", 1)[1]]  # a room ID from before room version 12
         return entry, []
 
-    async def joined_on_invite(self, room_id: str) -> bool:
-        """The bot was invited to a room: True (after joining and reading it) when it is a
-        configured policy room it could not join at start."""
-        if room_id not in self.targets:
-            return False
-        await self.bot.join_room(room_id)
+    def is_configured(self, room_id: str) -> bool:
+        """A configured policy room (once resolved), whether the bot could join it or not."""
+        return room_id in self.targets
+
+    async def follow(self, room_id: str) -> None:
+        """The bot has joined a configured policy room after start (it was invited)."""
         await self.pool.execute(
             "INSERT INTO policy_rooms (room_id, configured) VALUES ($1, $2) "
             "ON CONFLICT (room_id) DO NOTHING", room_id, self.targets[room_id])
         self.rooms.add(room_id)
         await self.read(room_id)
-        return True
 
     async def read(self, room_id: str) -> int:
         """Read the room's whole current state; returns how many ban rules hold."""

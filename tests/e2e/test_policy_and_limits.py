@@ -41,15 +41,17 @@ async def bridged(tmp_path_factory):
         created = await moderator.api("POST", "/_matrix/client/v3/createRoom", {
             "preset": "public_chat", "room_alias_name": alias, "name": "Ban list"})
         lab.moderator, lab.policy_room = moderator, created["room_id"]
+        lab.policy_alias = f"#{alias}:{hs1.server_name}"
         try:
-            async with lab.reconfigured(**{"bridge.policy_rooms": [f"#{alias}:{hs1.server_name}"]}):
+            async with lab.reconfigured(**{"bridge.policy_rooms": [lab.policy_alias]}):
                 yield lab
         finally:
             await moderator.close()
 
 
-async def set_rule(lab: BridgedLab, kind: str, key: str, content: dict) -> str:
-    path = (f"/_matrix/client/v3/rooms/{quote(lab.policy_room)}/state/"
+async def set_rule(lab: BridgedLab, kind: str, key: str, content: dict,
+                   room: str | None = None) -> str:
+    path = (f"/_matrix/client/v3/rooms/{quote(room or lab.policy_room)}/state/"
             f"m.policy.rule.{kind}/{quote(key, safe='')}")
     return (await lab.moderator.api("PUT", path, content))["event_id"]
 
@@ -179,6 +181,7 @@ async def test_a_flood_is_throttled_and_the_partner_is_not_spammed(bridged, encr
                and s.type == "m.room.message" and (s.body or "").startswith("flood ")]
     assert bob_got == flood[:3]
     assert not any("Slow down" in (s.body or "") for s in bob.log[bob_mark:])
+    assert leaks(seen_in(bob, bob_room), alice, allowed_server=bridged.bridge_domain) == []
     # A cooldown applies to alice, not to bob.
     await bridged.command(alice, alice_dm, "!start", "sent too many messages too fast")
     await bridged.command(bob, bob_dm, "!start", "Looking")
@@ -199,3 +202,38 @@ async def test_links_are_held_back_early_in_a_chat(bridged):
     await alice.send_text(alice_room, "now see https://example.org/later")
     await bob.wait_for_message(bob_room, "now see https://example.org/later")
     assert not any("example.org/early" in str(e) for e in bob.events_in(bob_room))
+
+
+async def test_a_private_policy_room_is_read_once_the_bot_is_invited(bridged):
+    """The bot cannot join an invite-only policy room at start; invited later, it joins and
+    reads the rules already in the room's state."""
+    dave, dave_dm = await user(bridged, 1, "Dave", False)
+    hs1 = bridged.lab.homeservers[0].server_name
+    alias = f"private{uuid.uuid4().hex[:8]}"
+    private = (await bridged.moderator.api("POST", "/_matrix/client/v3/createRoom", {
+        "preset": "private_chat", "room_alias_name": alias}))["room_id"]
+    await set_rule(bridged, "user", "rule:dave", {
+        "entity": dave.user_id, "recommendation": "m.ban", "reason": "read from the state"},
+        room=private)
+    async with bridged.reconfigured(**{"bridge.policy_rooms": [bridged.policy_alias,
+                                                               f"#{alias}:{hs1}"]}):
+        await bridged.command(dave, dave_dm, "!start", "Looking")  # not followed yet
+        await bridged.command(dave, dave_dm, "!stop", "left the queue")
+        await bridged.moderator.api("POST", f"/_matrix/client/v3/rooms/{quote(private)}/invite",
+                                    {"user_id": bridged.bot_id})
+        refused = await refused_start(bridged, dave, dave_dm, "Your account is banned")
+        assert "read from the state" in refused.body
+
+
+async def test_invites_of_the_bot_over_the_limit_are_rejected(bridged):
+    erin = await bridged.client(0, "Erin")
+    for _ in range(3):  # bridge.rate_limits.invites.burst
+        await bridged.open_dm(erin)
+    mark = erin.mark()
+    room = await erin.create_dm(bridged.bot_id)
+    await erin.wait_for_event(
+        lambda s: s.room_id == room and s.type == "m.room.member"
+        and s.state_key == bridged.bot_id and s.membership == "leave", since=mark,
+        description="the bot rejecting the invite")
+    assert not any(s.room_id == room and s.sender == bridged.bot_id
+                   and s.type == "m.room.message" for s in erin.log)
