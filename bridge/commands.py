@@ -96,8 +96,10 @@ class Commands:
             return None
         return Reply("restricted", statement(restriction, self.config["bridge.command_prefix"]))
 
-    async def _too_soon(self, user_id: str) -> Reply | None:
-        """A cooldown (churn, or after a flood) keeps the user from a new partner for now."""
+    async def too_soon(self, user_id: str) -> Reply | None:
+        """A cooldown (churn, or after a flood) keeps the user from a new partner for now.
+        Asking counts as a start when allowed (also when leaving a chat room, which finds
+        someone new)."""
         refused = await self.limits.start(user_id)
         if refused is None:
             return None
@@ -120,7 +122,7 @@ class Commands:
         if await conversations.live_side_of(self.pool, user_id):
             return "already_chatting"
         if not await queue.is_waiting(self.pool, user_id) and (
-                refused := await self._too_soon(user_id)):
+                refused := await self.too_soon(user_id)):
             return refused
         if await self.pairing.enqueue(user_id):
             return await self._queued(user_id)
@@ -212,7 +214,7 @@ class Commands:
         if refused := await self._restricted(user_id):
             await self.pairing.end(side.conversation_id, RESTRICTED, user_id)
             return refused
-        if refused := await self._too_soon(user_id):
+        if refused := await self.too_soon(user_id):
             return refused  # the chat goes on
         await self.pairing.end(side.conversation_id, NEXT, user_id, requeue=[user_id])
         return "requeued"

@@ -18,7 +18,7 @@ from bridge.moderation.chat_guard import ChatGuard
 from bridge.moderation.enforcement import Enforcer
 from bridge.moderation.policy_lists import PolicyLists
 from bridge.pairing import Pairing
-from bridge.portal import Portal, txn_id
+from bridge.portal import LEFT, Portal, txn_id
 from bridge.relay.relayer import Relayer
 from bridge.store import conversations, users
 from bridge.store.conversations import Side
@@ -122,7 +122,13 @@ class Handler:
         if membership == "join":
             await self.pairing.joined(side.conversation_id, side.side)
         elif membership in LEFT_MEMBERSHIPS:
-            await self.pairing.leave(side.conversation_id, target)
+            refused = await self.commands.too_soon(target)
+            if refused is None:
+                await self.pairing.leave(side.conversation_id, target)
+            elif await self.pairing.end(side.conversation_id, LEFT, target):
+                # Leaving finds someone new, like !next: not while hopping too fast.
+                await self.notify_dm(target, refused.key, f"left {side.conversation_id}",
+                                     **refused.values)
         return Outcome.DONE
 
     async def on_encryption_enabled(self, room_id: str) -> None:

@@ -10,12 +10,16 @@ from types import SimpleNamespace
 import pytest
 
 from bridge import messages
+from bridge.lab.inprocess import existing_keys, start_inprocess_bridge
+from bridge.matching import queue
 from bridge.moderation.chat_guard import FLOODED, ChatGuard
 from bridge.moderation.limits import Limits
 from bridge.relay.relayer import Relayer
 from bridge.store import conversations
 from tests.integration.moderation_world import agreed, moderation_world, say
 from tests.integration.test_pairing import FakePortal, config  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.filterwarnings("ignore:loop argument is deprecated:DeprecationWarning")
 
 
 class RecordingPortal(FakePortal):
@@ -177,3 +181,36 @@ def test_invites_are_limited_per_user(limited):
     assert [limits.invite("@ann:x", now=0) for _ in range(3)] == [True, True, False]
     assert limits.invite("@bob:x", now=0) is True
     assert limits.invite("@ann:x", now=3600) is True
+
+
+# -- leaving a chat room counts as a start --------------------------------------------------------
+
+async def test_leaving_chat_rooms_counts_towards_the_churn_limit(tmp_path, database_uri):
+    """The whole bridge in process (fake homeserver): a user who keeps leaving chat rooms to
+    find someone new is stopped like one who keeps sending !next."""
+    world = await start_inprocess_bridge(tmp_path, database_uri, **existing_keys({
+        "logging.level": "WARNING", "bridge.matching.rematch_cooldown": 0,
+        "bridge.rate_limits.churn.free": 2}))
+    try:
+        alice, bob = await world.pair("alice", "bob")  # alice's 1st start, bob's 1st
+        mark = world.hs.mark()
+        world.hs.member(alice.room, alice.user_id, "leave")  # alice's 2nd: queued again
+        await world.hs.wait_for(lambda e: e["room_id"] == alice.dm
+                                and "Looking for a new stranger" in str(e["content"]), 30, mark,
+                                "requeued")
+        await bob.command("!start", "Looking")  # bob's 2nd: matched with alice again
+        await alice.accept(mark)
+        await bob.accept(mark)
+        await alice.wait_opened(mark)
+        mark = world.hs.mark()
+        world.hs.member(alice.room, alice.user_id, "leave")  # alice's 3rd: too fast
+        await world.hs.wait_for(lambda e: e["room_id"] == alice.dm
+                                and "too fast" in str(e["content"]), 30, mark, "too fast")
+        await world.quiesce()
+        assert await conversations.live_side_of(world.bridge.pool, alice.user_id) is None
+        assert not await queue.is_waiting(world.bridge.pool, alice.user_id)
+        # bob saw the usual disconnect.
+        assert any(e["room_id"] == bob.room and "Stranger has disconnected" in
+                   str(e["content"]) for e in world.hs.sent[mark:])
+    finally:
+        await world.stop()
