@@ -242,7 +242,7 @@ class Handler:
                 await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id,
                                          reply.key, cause=event["event_id"], **reply.values)
             else:
-                await self.notify_dm(side.user_id, reply.key, event["event_id"])
+                await self.notify_dm(side.user_id, reply.key, event["event_id"], **reply.values)
             return Outcome.DONE
         if conv.state == "opening":
             # Held until the partner joins, then relayed in order.

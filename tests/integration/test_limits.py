@@ -214,3 +214,21 @@ async def test_leaving_chat_rooms_counts_towards_the_churn_limit(tmp_path, datab
                    str(e["content"]) for e in world.hs.sent[mark:])
     finally:
         await world.stop()
+
+
+async def test_next_typed_in_the_chat_room_too_fast_is_answered_in_the_dm(tmp_path, database_uri):
+    world = await start_inprocess_bridge(tmp_path, database_uri, **existing_keys({
+        "logging.level": "WARNING", "bridge.rate_limits.churn.free": 1}))
+    try:
+        alice, bob = await world.pair("alice", "bob")  # each one's only free start
+        mark = world.hs.mark()
+        world.hs.say(alice.room, alice.user_id, "!next")
+        await world.hs.wait_for(lambda e: e["room_id"] == alice.dm
+                                and "too fast" in str(e["content"]), 30, mark, "too fast")
+        await world.quiesce()
+        # The chat goes on, and bob never saw the command.
+        assert await conversations.live_side_of(world.bridge.pool, alice.user_id) is not None
+        assert not any("!next" in str(e["content"]) for e in world.hs.sent[mark:]
+                       if e["room_id"] == bob.room)
+    finally:
+        await world.stop()
