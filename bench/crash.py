@@ -23,7 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+from bridge.lab.bridge_process import NO_RATE_LIMITS  # noqa: E402
 from bridge.lab.bridged import start_bridged_lab  # noqa: E402
+from bridge.lab.inprocess import existing_keys  # noqa: E402
 from bridge.lab.faults import crash_run, make_pair  # noqa: E402
 from bridge.lab.figures import summary  # noqa: E402
 
@@ -34,7 +36,8 @@ async def main(messages: int, kills: int, rate: float, seed: int | None,
                json_path: str | None) -> bool:
     db = f"stranger_bench_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="bench-crash-") as root:
-        lab = await start_bridged_lab(Path(root), ADMIN_DSN, db, **{"logging.level": "INFO"})
+        lab = await start_bridged_lab(Path(root), ADMIN_DSN, db, **{"logging.level": "INFO"},
+                                      **existing_keys(NO_RATE_LIMITS))
         try:
             pair = await make_pair(lab)
             report = await crash_run(lab, pair, messages=messages, kills=kills, rate=rate,

@@ -31,7 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+from bridge.lab.bridge_process import NO_RATE_LIMITS  # noqa: E402
 from bridge.lab.bridged import start_bridged_lab  # noqa: E402
+from bridge.lab.inprocess import existing_keys  # noqa: E402
 from bridge.lab.load import latency_summary, load_run, ready_users  # noqa: E402
 
 ADMIN_DSN = os.environ.get("STRANGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -42,7 +44,8 @@ async def main(users: int, seconds: float, interval: float, think: tuple[float, 
     db = f"stranger_bench_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="bench-load-") as root:
         lab = await start_bridged_lab(Path(root), ADMIN_DSN, db, **{
-            "logging.level": "INFO", "bridge.invite_timeout": 60})
+            "logging.level": "INFO", "bridge.invite_timeout": 60},
+            **existing_keys(NO_RATE_LIMITS))
         try:
             started = time.monotonic()
             clients = await ready_users(lab, users)

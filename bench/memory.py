@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import asyncpg  # noqa: E402
 
 from bridge.lab.figures import summary  # noqa: E402
+from bridge.lab.bridge_process import NO_RATE_LIMITS  # noqa: E402
 from bridge.lab.inprocess import (cache_sizes, conversation_wave, existing_keys,  # noqa: E402
                                   rss_bytes, start_inprocess_bridge)
 
@@ -51,7 +52,7 @@ async def main(total: int, user_count: int, json_path: str | None) -> dict:
         world = await start_inprocess_bridge(
             Path(root), uri, timeline_limit=12,
             **existing_keys({"bridge.matching.rematch_cooldown": 0,
-                             "logging.level": "WARNING"}))
+                             "logging.level": "WARNING", **NO_RATE_LIMITS}))
         try:
             users = [world.user(f"bench{i}") for i in range(user_count)]
             for user in users:

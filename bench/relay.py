@@ -29,9 +29,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+from bridge.lab.bridge_process import NO_RATE_LIMITS  # noqa: E402
 from bridge.lab.bridged import start_bridged_lab  # noqa: E402
 from bridge.lab.client import LabClient  # noqa: E402
 from bridge.lab.figures import summary  # noqa: E402
+from bridge.lab.inprocess import existing_keys  # noqa: E402
 
 ADMIN_DSN = os.environ.get("STRANGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 WARMUP = 5
@@ -66,7 +68,8 @@ async def main(count: int, json_path: str | None, encrypted: bool = False,
         db = f"stranger_bench_{uuid.uuid4().hex[:8]}"
         lab = await start_bridged_lab(Path(root), ADMIN_DSN, db,
                                       **{"logging.level": "WARNING",
-                                         "bridge.encryption.appservice": appservice_mode})
+                                         "bridge.encryption.appservice": appservice_mode},
+                                      **existing_keys(NO_RATE_LIMITS))
         try:
             alice, alice_dm = await ready(lab, 0, "Alice", encrypted)
             bob, bob_dm = await ready(lab, 1, "Bob", encrypted)

@@ -18,6 +18,9 @@ from bridge.encryption.device_events import DeviceEvents
 from bridge.encryption.ghost_devices import GhostDevices
 from bridge.handler import Handler
 from bridge.intake import IntakeAppService
+from bridge.moderation.enforcement import Enforcer
+from bridge.moderation.limits import Limits
+from bridge.moderation.policy_lists import PolicyLists
 from bridge.pairing import Pairing
 from bridge.portal import Portal
 from bridge.recovery import Recovery
@@ -66,8 +69,10 @@ class StrangerBridge:
                                background=self.background)
         self.pairing.on_change = self._conversation_changed
         self.portal.on_closed = self._forget_conversation
+        limits = Limits(self.pool, c)
         handler = Handler(self.appservice, self.pool, c, self.portal, self.pairing,
-                          Commands(self.pool, self.pairing), Relayer(self.pool, c, self.portal))
+                          Commands(self.pool, self.pairing, limits),
+                          Relayer(self.pool, c, self.portal, limits))
         handler_ref.append(handler)
         self.dispatcher = Dispatcher(self.pool, handler.handle)
         # Deliveries the homeserver never makes, waking up after outages, failed cleanups.
@@ -96,9 +101,16 @@ class StrangerBridge:
                                                      self.pool, self.crypto_db)
             if device_events is not None:
                 device_events.start(self.crypto, self.portal.ghost_devices)
+        # Policy rooms joined and read before any event is handled: a rule must hold from the
+        # first !start on.
+        handler.policy = PolicyLists(self.appservice.intent, self.pool, c)
+        await handler.policy.start()
+        handler.enforcer = Enforcer(self.pool, c, self.pairing, handler.notify_dm)
         self.dispatching = True
         await self.dispatcher.kick_all_pending()
         await self.pairing.resume()
+        # Rules (or the server lists) may have changed while the bridge was down.
+        self.background.spawn(handler.enforcer.enforce_all(), "enforce restrictions")
         self._loops = [self.background.spawn(self.pairing.run_invite_timer(), "invite timer"),
                        self.background.spawn(self.pairing.run_match_timer(), "match timer"),
                        self.background.spawn(self._prune(), "pruning"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
@@ -11,8 +12,10 @@ import asyncpg
 from bridge import messages
 from bridge.matching import policy
 from bridge.matching import queue
+from bridge.moderation.enforcement import restriction_for, statement
+from bridge.moderation.limits import Limits
 from bridge.pairing import Pairing
-from bridge.portal import NEXT, STOP
+from bridge.portal import NEXT, RESTRICTED, STOP
 from bridge.store import conversations, users
 
 log = logging.getLogger("bridge.commands")
@@ -53,10 +56,11 @@ class Commands:
     # that room); the others' answers go to the DM.
     ANSWERED_IN_CHAT_ROOM = frozenset({"help", "status"})
 
-    def __init__(self, pool: asyncpg.Pool, pairing: Pairing) -> None:
+    def __init__(self, pool: asyncpg.Pool, pairing: Pairing, limits: Limits | None = None) -> None:
         self.pool = pool
         self.pairing = pairing
         self.config = pairing.config
+        self.limits = limits or Limits(pool, self.config)
         # Each takes (user_id, the command's arguments).
         self.table: dict[str, Callable[[str, str], Awaitable[str | Reply]]] = {
             "help": self.help, "agree": self.agree, "start": self.start,
@@ -85,10 +89,30 @@ class Commands:
         await users.ensure(self.pool, user_id)
         return "agreed" if await users.agree(self.pool, user_id) else "already_agreed"
 
+    async def _restricted(self, user_id: str) -> Reply | None:
+        """The statement of reasons for a user who may not chat now."""
+        restriction = await restriction_for(self.pool, self.config, user_id)
+        if restriction is None:
+            return None
+        return Reply("restricted", statement(restriction, self.config["bridge.command_prefix"]))
+
+    async def too_soon(self, user_id: str) -> Reply | None:
+        """A cooldown (churn, or after a flood) keeps the user from a new partner for now.
+        Asking counts as a start when allowed (also when leaving a chat room, which finds
+        someone new)."""
+        refused = await self.limits.start(user_id)
+        if refused is None:
+            return None
+        key, until = refused
+        wait = math.ceil((until - datetime.now(timezone.utc)).total_seconds())
+        return Reply(key, {"wait": messages.duration(max(1, wait))})
+
     async def start(self, user_id: str, args: str = "") -> str | Reply:
         """`!start` or `!start cinema, jazz` (which also sets the interests)."""
         if not await self._agreed(user_id):
             return "must_agree"
+        if refused := await self._restricted(user_id):
+            return refused
         if args:
             try:
                 tags = self._parse_tags(args)
@@ -97,6 +121,9 @@ class Commands:
             await users.set_tags(self.pool, user_id, tags)
         if await conversations.live_side_of(self.pool, user_id):
             return "already_chatting"
+        if not await queue.is_waiting(self.pool, user_id) and (
+                refused := await self.too_soon(user_id)):
+            return refused
         if await self.pairing.enqueue(user_id):
             return await self._queued(user_id)
         if args and await self.pairing.preferences_changed(user_id):
@@ -184,6 +211,11 @@ class Commands:
         side = await conversations.live_side_of(self.pool, user_id)
         if side is None:
             return await self.start(user_id)
+        if refused := await self._restricted(user_id):
+            await self.pairing.end(side.conversation_id, RESTRICTED, user_id)
+            return refused
+        if refused := await self.too_soon(user_id):
+            return refused  # the chat goes on
         if await self.pairing.end(side.conversation_id, NEXT, user_id, requeue=[user_id]):
             return "requeued"
         # The partner ended it in the same moment: the user still asked for someone new.

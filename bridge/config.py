@@ -20,6 +20,20 @@ _GHOST_ALPHABET_SIZE = len(_GHOST_ALPHABET)
 _GHOST_RANDOM_LENGTH = 20
 
 
+# bridge.rate_limits.*: (low, high) of each number (see example-config.yaml).
+RATE_LIMIT_KEYS = {
+    "messages.burst": (1, 1000), "messages.per_minute": (1, 6000),
+    "messages.flood_tolerance": (0, 1000), "flood_cooldown": (0, 30 * 86400),
+    "churn.free": (1, 1000), "churn.window": (1, 86400), "churn.cooldown": (1, 86400),
+    "churn.max_cooldown": (1, 30 * 86400), "churn.forgive_after": (0, 30 * 86400),
+    "invites.burst": (1, 1000), "invites.per_hour": (1, 100000),
+}
+# A policy room: a room ID (!opaque, or !opaque:server before room version 12) or an alias.
+_ROOM_REFERENCE = r"[!#][^\s:]+(:\S+)?"
+# A server-name glob: server-name characters plus * and ?.
+_SERVER_GLOB = r"[A-Za-z0-9.\-:\[\]*?]+"
+
+
 class ConfigError(ValueError):
     """A config value is missing or invalid; the message names the key."""
 
@@ -55,6 +69,9 @@ class Config(BaseFileConfig):
             "bridge.encryption.verification_levels.receive",
             "bridge.encryption.verification_levels.send",
             "bridge.encryption.verification_levels.share",
+            "bridge.policy_rooms", "bridge.allowed_servers", "bridge.denied_servers",
+            *(f"bridge.rate_limits.{key}" for key in RATE_LIMIT_KEYS),
+            "bridge.links.hold_messages", "bridge.links.hold_seconds",
             "logging.level", "logging.format",
         ):
             copy(key)
@@ -143,11 +160,28 @@ class Config(BaseFileConfig):
         _int(self, "bridge.media.max_bytes", 1024, 1024 ** 3)
         _int(self, "bridge.media.max_pixels", 1, 500_000_000)
         self._validate_encryption()
+        self._validate_moderation()
         if self["logging.level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("logging.level", f"must be DEBUG, INFO, WARNING or ERROR, "
                                                f"got {self['logging.level']!r}")
         if self["logging.format"] not in ("text", "json"):
             raise ConfigError("logging.format", f"must be text or json, got {self['logging.format']!r}")
+
+    def _validate_moderation(self) -> None:
+        _list(self, "bridge.policy_rooms", _ROOM_REFERENCE, "#bans:example.org")
+        _list(self, "bridge.allowed_servers", _SERVER_GLOB, "*.example.org")
+        _list(self, "bridge.denied_servers", _SERVER_GLOB, "evil.example")
+        for key, (low, high) in RATE_LIMIT_KEYS.items():
+            full = f"bridge.rate_limits.{key}"
+            if key.endswith(("burst", "per_minute", "per_hour", "tolerance", "free")):
+                _int(self, full, low, high)
+            else:
+                _seconds(self, full, low, high)
+        if self["bridge.rate_limits.churn.max_cooldown"] < self["bridge.rate_limits.churn.cooldown"]:
+            raise ConfigError("bridge.rate_limits.churn.max_cooldown",
+                              "must be at least bridge.rate_limits.churn.cooldown")
+        _int(self, "bridge.links.hold_messages", 0, 10000)
+        _seconds(self, "bridge.links.hold_seconds", 0, 86400)
 
     def _validate_encryption(self) -> None:
         for key in ("allow", "require", "appservice", "self_sign", "allow_key_sharing"):
@@ -164,6 +198,17 @@ class Config(BaseFileConfig):
             if value not in levels:
                 raise ConfigError(f"bridge.encryption.verification_levels.{key}",
                                   f"must be one of {', '.join(levels)}, got {value!r}")
+
+
+def _list(config: Config, key: str, pattern: str, example: str) -> None:
+    value = config[key]
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be a list, e.g. [{example}], got {value!r}")
+    for item in value:
+        if not isinstance(item, str) or not re.fullmatch(pattern, item):
+            raise ConfigError(key, f"has an invalid entry {item!r}; entries look like {example}")
 
 
 def _str(config: Config, key: str, pattern: str) -> None:

@@ -15,8 +15,11 @@ from bridge.commands import Commands, parse
 from bridge.config import Config
 from bridge.dispatcher import Outcome
 from bridge.encryption.crypto import Crypto, Undecryptable
+from bridge.moderation.chat_guard import ChatGuard
+from bridge.moderation.enforcement import Enforcer
+from bridge.moderation.policy_lists import PolicyLists
 from bridge.pairing import Pairing
-from bridge.portal import Portal, txn_id
+from bridge.portal import LEFT, Portal, txn_id
 from bridge.relay.calls import GROUP_CALL_STATE_TYPES, joins_group_call
 from bridge.relay.relayer import Relayer
 from bridge.store import conversations, users
@@ -37,6 +40,9 @@ def event_time(event: dict) -> datetime:
 
 class Handler:
     crypto: Crypto | None = None  # set once started, when bridge.encryption.allow
+    # Set once started: the policy lists followed, and who stops users a rule restricts.
+    policy: PolicyLists | None = None
+    enforcer: Enforcer | None = None
 
     def __init__(self, appservice: AppService, pool: asyncpg.Pool, config: Config,
                  portal: Portal, pairing: Pairing, commands: Commands, relayer: Relayer) -> None:
@@ -48,6 +54,8 @@ class Handler:
         self.commands = commands
         self.relayer = relayer
         self.prefix = config["bridge.command_prefix"]
+        self.limits = commands.limits
+        self.guard = ChatGuard(self.limits, pairing, portal, self.notify_dm, self.prefix)
 
     @property
     def bot(self):
@@ -66,14 +74,20 @@ class Handler:
         await self.bot.send_message_event(room_id, event_type, content,
                                           txn_id=txn_id("reply", room_id, cause))
 
-    async def notify_dm(self, user_id: str, key: str, cause: str) -> None:
+    async def notify_dm(self, user_id: str, key: str, cause: str, **values: str) -> None:
         user = await users.get(self.pool, user_id)
         if user and user.dm_room_id:
-            await self.reply(user.dm_room_id, key, f"{user_id}|{cause}")
+            await self.reply(user.dm_room_id, key, f"{user_id}|{cause}", **values)
 
     # -- routing ------------------------------------------------------------------------------
 
     async def handle(self, event: dict) -> Outcome:
+        if self.policy is not None and event["room_id"] in self.policy.rooms:
+            # A moderation policy room: only its rules matter (set, changed, lifted).
+            rule = await self.policy.handle(event)
+            if rule is not None and self.enforcer is not None:
+                await self.enforcer.after_rule(rule)
+            return Outcome.DONE
         if self.crypto and "state_key" in event:
             await self.crypto.handle_state(event)
             if event["type"] == "m.room.encryption":
@@ -123,7 +137,13 @@ class Handler:
                 side.live or (side.joined_at is not None and sender == target)):
             # (Also their own leave of a chat that has just ended: the partner may have left
             # in the same moment.)
-            await self.pairing.leave(side.conversation_id, target, event_time(event))
+            refused = await self.commands.too_soon(target) if side.live else None
+            if refused is None:
+                await self.pairing.leave(side.conversation_id, target, event_time(event))
+            elif await self.pairing.end(side.conversation_id, LEFT, target):
+                # Leaving finds someone new, like !next: not while hopping too fast.
+                await self.notify_dm(target, refused.key, f"left {side.conversation_id}",
+                                     **refused.values)
         return Outcome.DONE
 
     async def on_group_call_member(self, event: dict) -> None:
@@ -143,6 +163,17 @@ class Handler:
             await self.portal.ghost_devices.get(side.ghost_id)
 
     async def on_bot_invited(self, room_id: str, inviter: str, event_id: str) -> None:
+        if self.policy is not None and self.policy.is_configured(room_id):
+            # A policy room the bot could not join at start (invite-only): follow it now.
+            if await self.join_invited(self.bot, room_id):
+                await self.policy.follow(room_id)
+                if self.enforcer is not None:
+                    await self.enforcer.enforce_all()  # its rules may stop someone now
+            return
+        if not self.limits.invite(inviter):
+            log.info("Rejected an invite over the invite rate limit")
+            await self.bot.leave_room(room_id)  # rejects the invite
+            return
         if not await self.join_invited(self.bot, room_id):
             return
         encrypted = await self.dm_is_encrypted(room_id)
@@ -239,13 +270,15 @@ class Handler:
                 await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id,
                                          reply.key, cause=event["event_id"], **reply.values)
             else:
-                await self.notify_dm(side.user_id, reply.key, event["event_id"])
+                await self.notify_dm(side.user_id, reply.key, event["event_id"], **reply.values)
             return Outcome.DONE
         if ended:
             return Outcome.DONE
         if conv.state == "opening":
             # Held until the partner joins, then relayed in order.
             return Outcome.WAIT
+        if not await self.guard.allows(conv, side, event):
+            return Outcome.DONE
         await self.relayer.relay(conv, side, event)
         return Outcome.DONE
 

@@ -176,6 +176,39 @@ ENGLISH: dict[str, str] = {
         "Encrypted messages can't be relayed yet, so this one was not delivered. "
         "Please use a room without encryption."
     ),
+    # -- restrictions (a statement of reasons: what, why, until when) -----------------------
+    "restricted": "You can't chat here right now. {what}{reason}\n{until}",
+    "restricted_chat_ended": "Your chat was ended. {what}{reason}\n{until}",
+    "restriction_banned": "Your account is banned from this bridge.",
+    "restriction_server_banned": "Your homeserver is banned from this bridge.",
+    "restriction_server_not_allowed": "This bridge is not open to users of your homeserver.",
+    "restriction_suspended": "Your account is suspended.",
+    "restriction_reason": " Reason: {reason}",
+    "restriction_until": "This lasts until {until} (UTC).",
+    "restriction_forever": "This has no end date.",
+    # -- rate limits --------------------------------------------------------------------------
+    "too_fast": (
+        "You're looking for new strangers too fast. You can start again in {wait}."
+    ),
+    "flood_cooldown": (
+        "Your last chat was ended because you sent too many messages too fast. You can start "
+        "again in {wait}."
+    ),
+    "flood_warning": (
+        "Slow down: you're sending messages too fast, so that one was not delivered. If you "
+        "keep on, the chat will end."
+    ),
+    "flood_ended": (
+        "Your chat was ended because you kept sending messages too fast. You can start again "
+        "in {wait}."
+    ),
+    "link_held": (
+        "Links can't be sent at the start of a chat, so that message was not delivered. Links "
+        "are allowed after {after}."
+    ),
+    "link_after_messages": "{count} more messages",
+    "link_after_time": "{duration}",
+    "link_after_both": "{messages} and {time}",
 }
 
 

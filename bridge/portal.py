@@ -30,6 +30,8 @@ log = logging.getLogger("bridge.portal")
 # Reasons a conversation ends, as stored in conversations.end_reason.
 LEFT, NEXT, STOP, INVITE_TIMEOUT, INVITE_FAILED = (
     "left", "next", "stop", "invite_timeout", "invite_failed")
+# ...and those safety imposes: a restriction (ban, policy list, server list), a flood.
+RESTRICTED, FLOODED = "restricted", "flooded"
 
 
 # Synapse's default power needed per state event (createRoom's override replaces the whole

@@ -2,16 +2,13 @@
 and its call, and the random stand-in the other side sees instead.
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-04
-
-On the calls branch this follows 0003; the lead re-chains it after the other branches'
-revisions at merge (only down_revision changes).
 """
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -109,3 +109,7 @@ def waiter(row) -> Waiter:
 
 async def remove_many(conn, user_ids: list[str]) -> None:
     await conn.execute("DELETE FROM waiting WHERE user_id = ANY($1::text[])", user_ids)
+
+
+async def waiting_user_ids(db) -> list[str]:
+    return [r["user_id"] for r in await db.fetch("SELECT user_id FROM waiting")]

@@ -13,6 +13,9 @@ import asyncpg
 from bridge.config import Config
 from bridge.media.copier import MediaCopier
 from bridge.media.kinds import kind_of
+from bridge.moderation.chat_guard import links_allowed_after
+from bridge.moderation.limits import Limits
+from bridge.moderation.ratelimit import has_link
 from bridge.portal import Portal, txn_id
 from bridge.relay.calls import GROUP_CALL_NOTIFY_TYPES, ids_of, is_call_event, sanitise_call
 from bridge.relay.sanitise import Refused, redacted_event_id, sanitise
@@ -37,11 +40,13 @@ def referenced_event_ids(content: object) -> set[str]:
 
 
 class Relayer:
-    def __init__(self, pool: asyncpg.Pool, config: Config, portal: Portal) -> None:
+    def __init__(self, pool: asyncpg.Pool, config: Config, portal: Portal,
+                 limits: Limits | None = None) -> None:
         self.pool = pool
         self.config = config
         self.portal = portal
         self.media = MediaCopier(config, portal)
+        self.limits = limits or Limits(pool, config)
 
     async def relay(self, conv: Conversation, side: Side, event: dict) -> None:
         if await relayed.target_of(self.pool, event["event_id"]) is not None:
@@ -76,6 +81,14 @@ class Relayer:
             await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id,
                                      f"refused_{result.reason}", cause=event["event_id"])
             return
+        if has_link(result):
+            wait = await self.limits.link_wait(conv)
+            if wait is not None:  # early in the chat: links are held back
+                await self.portal.notice(
+                    self.portal.ghost(side.ghost_id), side.room_id, "link_held",
+                    cause=event["event_id"],
+                    after=links_allowed_after(*wait, self.config["bridge.command_prefix"]))
+                return
         # The ghost in the PARTNER's room stands for this user.
         target_event_id = await self.portal.send(
             partner.ghost_id, partner.room_id, event["type"], result,

@@ -255,3 +255,9 @@ async def stale_unclosed(db, older_than_seconds: float) -> list[int]:
              AND c.ended_at < now() - make_interval(secs => $1)
            ORDER BY c.id""", older_than_seconds)
     return [r["id"] for r in rows]
+
+
+async def live_user_ids(db) -> list[str]:
+    """Everyone in a conversation not ended yet (rooms made or not)."""
+    return [r["user_id"] for r in await db.fetch(
+        "SELECT user_id FROM conversation_sides WHERE live")]

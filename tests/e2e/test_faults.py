@@ -28,6 +28,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from bridge.lab.bridge_process import NO_RATE_LIMITS
 from bridge.lab.bridged import BridgedLab, start_bridged_lab
 from bridge.lab.faults import (Direction, crash_run, database_restart_run, make_pair,
                                relayed_bodies, unhandled_settles, wait_for_body)
@@ -46,7 +47,8 @@ async def faultlab(tmp_path_factory):
     await pg.start()
     lab = await start_bridged_lab(tmp_path_factory.mktemp("faults"), pg.admin_dsn,
                                   "stranger_faults", **{"bridge.invite_timeout": 30,
-                                                        "logging.level": "INFO"})
+                                                        "logging.level": "INFO"},
+                                  **NO_RATE_LIMITS)  # (40-message bursts)
     lab.pg = pg
     try:
         yield lab

@@ -13,6 +13,7 @@ import uuid
 import pytest
 import pytest_asyncio
 
+from bridge.lab.bridge_process import NO_RATE_LIMITS
 from bridge.lab.bridged import start_bridged_lab
 from bridge.lab.inprocess import existing_keys
 from bridge.lab.load import load_run, ready_users
@@ -30,7 +31,8 @@ async def loadlab(tmp_path_factory):
     lab = await start_bridged_lab(tmp_path_factory.mktemp("load"), ADMIN_DSN, name,
                                   **{"logging.level": "INFO", "bridge.invite_timeout": 20},
                                   # Few users: let them meet again (the product waits 300 s).
-                                  **existing_keys({"bridge.matching.rematch_cooldown": 0}))
+                                  **existing_keys({"bridge.matching.rematch_cooldown": 0,
+                                                   **NO_RATE_LIMITS}))
     try:
         yield lab
     finally:

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge import intake
+from bridge.lab.bridge_process import NO_RATE_LIMITS
 from bridge.lab.inprocess import existing_keys, start_inprocess_bridge
 
 pytestmark = pytest.mark.filterwarnings("ignore:loop argument is deprecated:DeprecationWarning")
@@ -83,7 +84,8 @@ async def chat(tmp_path, database_uri, monkeypatch):
     monkeypatch.setattr(intake, "MAX_TRANSACTION_BYTES", SIZE_LIMIT)
     world = await start_inprocess_bridge(
         tmp_path, database_uri, **existing_keys({"bridge.max_body_bytes": MAX_BODY,
-                                                 "logging.level": "WARNING"}))
+                                                 "logging.level": "WARNING",
+                                                 **NO_RATE_LIMITS}))
     errors = ErrorLog()
     logging.getLogger().addHandler(errors)
     try:

@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from bridge.lab.bridge_process import NO_RATE_LIMITS
 from bridge.lab.inprocess import (cache_sizes, conversation_wave, existing_keys,
                                   start_inprocess_bridge)
 
@@ -36,7 +37,8 @@ def live_objects() -> Counter:
 async def world(tmp_path, database_uri):
     world = await start_inprocess_bridge(
         tmp_path, database_uri, timeline_limit=12,
-        **existing_keys({"bridge.matching.rematch_cooldown": 0, "logging.level": "WARNING"}))
+        **existing_keys({"bridge.matching.rematch_cooldown": 0, "logging.level": "WARNING",
+                         **NO_RATE_LIMITS}))
     yield world
     await world.stop()
 
