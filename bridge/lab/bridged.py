@@ -142,7 +142,9 @@ class BridgedLab:
 
 
 async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str,
+                            extra_registrations: list[Path] = (),
                             **config_overrides) -> BridgedLab:
+    """`extra_registrations`: other appservices on the first homeserver (a bench's own)."""
     admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {database_name} WITH (FORCE)")
@@ -152,7 +154,7 @@ async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str,
     database_uri = re.sub(r"/[^/]*$", f"/{database_name}", admin_dsn)
     # Ports and names exist before start, so config and registration can be written first.
     registration = root / "registration.yaml"
-    lab = Lab(root / "lab", count=2, appservice_registrations={0: [registration]})
+    lab = Lab(root / "lab", count=2, appservice_registrations={0: [registration, *extra_registrations]})
     hs1 = lab.homeservers[0]
     port = free_port()
     config = root / "bridge-config.yaml"

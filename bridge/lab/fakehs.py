@@ -60,6 +60,7 @@ class FakeHomeserver:
         self.timeline_limit = timeline_limit
         self.bridge_url: str | None = None
         self.rooms: dict[str, FakeRoom] = {}
+        self.registered: set[str] = set()  # users that exist (registering again: M_USER_IN_USE)
         self.sent: list[dict] = []  # events the bridge created (sends, state, memberships)
         self.unknown: list[str] = []  # endpoints the fake does not implement
         self.requests = 0
@@ -116,6 +117,7 @@ class FakeHomeserver:
         room_id = f"{self.new_id('!')}:{self.server_name}"
         room = FakeRoom(room_id, creator)
         self.rooms[room_id] = room
+        self.registered.add(creator)
         self._persist(room, creator, "m.room.create", {"creator": creator, "room_version": "10"},
                       state_key="")
         self._persist(room, creator, "m.room.member", {"membership": "join"}, state_key=creator)
@@ -312,7 +314,11 @@ class FakeHomeserver:
 
     async def _register(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        return web.json_response({"user_id": f"@{body.get('username')}:{self.server_name}"})
+        user_id = f"@{body.get('username')}:{self.server_name}"
+        if user_id in self.registered:
+            return _error(400, "M_USER_IN_USE", "User ID already taken.")
+        self.registered.add(user_id)
+        return web.json_response({"user_id": user_id})
 
     async def _create_room(self, request: web.Request) -> web.Response:
         body = await self._body(request)
