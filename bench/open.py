@@ -15,7 +15,8 @@ time to the first relayed message (the partner's hello), the homeserver requests
 bridge made per conversation (from Synapse's access log, by kind), and the CPU both
 Synapses spent per conversation from the first `!start` to the last invite.
 
-    python bench/open.py [--users 10 40 100] [--spread 0.5] [--json FILE] [--log FILE]
+    python bench/open.py [--users 10 40 100] [--spread 0.5] [--rounds 1] [--json FILE]
+                         [--log FILE]
 
 Needs PostgreSQL (STRANGER_TEST_PG, default postgresql://postgres@127.0.0.1:5432/postgres).
 """
@@ -180,37 +181,48 @@ async def floor_dms(lab: BridgedLab, floor: FloorRelay,
 
 
 async def one_size(lab: BridgedLab, floor: FloorRelay, count: int, spread: float,
-                   quiet_from: float) -> dict:
+                   quiet_from: float, rounds: int) -> dict:
+    """`rounds` bursts each way, fresh users every round, the bridge first in even rounds
+    and the floor first in odd ones (the machine's load drifts); samples are pooled."""
     hs1 = lab.lab.homeservers[0]
     pids = [hs._process.pid for hs in lab.lab.homeservers]
-    users = await ready_users(lab, count)
-    floor_users = await floor_dms(lab, floor, users)
-    # Measure the steady state, not the bridge's start-up (when it checks every event
-    # against the homeserver's history: bridge/recovery.py).
-    await asyncio.sleep(max(0.0, quiet_from - time.monotonic()))
-    bridge_log = AccessLog(hs1.log_path,
-                           re.compile(rf"{re.escape(lab.bot_id)}$|{BRIDGE_GHOST.pattern}"))
-    bridge_log.mark()
     bridge_pid = lab.bridge.process.pid
-    bridged = await burst(users, BRIDGE_GHOST, spread, pids, chat=True, seed=count,
-                          bridge_pid=bridge_pid)
-    bridge_kinds, _ = bridge_log.since_mark()
-    floor_log = AccessLog(hs1.log_path,
-                          re.compile(rf"{re.escape(floor.bot_id)}$|{FLOOR_GHOST.pattern}"))
-    floor_log.mark()
-    opened_before = floor.opened
-    bare = await burst(floor_users, FLOOR_GHOST, spread, pids, chat=False, seed=count,
-                       bridge_pid=bridge_pid)
-    floor_kinds, _ = floor_log.since_mark()
-    conversations = count // 2
-    if floor.opened - opened_before != conversations or floor.errors:
-        raise RuntimeError(f"the floor opened {floor.opened - opened_before} of "
-                           f"{conversations}: {floor.errors}")
-    await lab.close_clients()
+    owners = {"bridge": re.compile(rf"{re.escape(lab.bot_id)}$|{BRIDGE_GHOST.pattern}"),
+              "floor": re.compile(rf"{re.escape(floor.bot_id)}$|{FLOOR_GHOST.pattern}")}
+    pooled = {name: {"invites": [], "firsts": [], "hs_cpu_s": 0.0, "bridge_cpu_s": 0.0,
+                     "kinds": Counter()} for name in owners}
+    for round_ in range(rounds):
+        users = await ready_users(lab, count)
+        floor_users = await floor_dms(lab, floor, users)
+        # Measure the steady state, not the bridge's start-up (when it checks every event
+        # against the homeserver's history: bridge/recovery.py).
+        await asyncio.sleep(max(0.0, quiet_from - time.monotonic()))
+        order = ["bridge", "floor"] if round_ % 2 == 0 else ["floor", "bridge"]
+        for name in order:
+            log = AccessLog(hs1.log_path, owners[name])
+            log.mark()
+            opened_before = floor.opened
+            result = await burst(users if name == "bridge" else floor_users,
+                                 BRIDGE_GHOST if name == "bridge" else FLOOR_GHOST, spread,
+                                 pids, chat=name == "bridge", seed=count + round_,
+                                 bridge_pid=bridge_pid)
+            kinds, _ = log.since_mark()
+            if name == "floor" and (floor.opened - opened_before != count // 2 or floor.errors):
+                raise RuntimeError(f"the floor opened {floor.opened - opened_before} of "
+                                   f"{count // 2}: {floor.errors}")
+            into = pooled[name]
+            into["invites"] += result["invites"]
+            into["firsts"] += result.get("firsts", [])
+            into["hs_cpu_s"] += result["hs_cpu_s"]
+            into["bridge_cpu_s"] += result["bridge_cpu_s"]
+            into["kinds"].update(kinds)
+        await lab.close_clients()
+    bridged, bare = pooled["bridge"], pooled["floor"]
+    conversations = rounds * count // 2
     invite, first, floor_invite = (figures(bridged["invites"]), figures(bridged["firsts"]),
                                    figures(bare["invites"]))
     return {
-        "users": count,
+        "users": count, "rounds": rounds,
         "invite_p50_s": invite["p50"], "invite_p95_s": invite["p95"],
         "invite_max_s": invite["max"],
         "floor_invite_p50_s": floor_invite["p50"], "floor_invite_p95_s": floor_invite["p95"],
@@ -218,20 +230,21 @@ async def one_size(lab: BridgedLab, floor: FloorRelay, count: int, spread: float
         "ratio_p95": round(invite["p95"] / floor_invite["p95"], 2),
         "first_message_p50_s": first["p50"], "first_message_p95_s": first["p95"],
         "first_message_max_s": first["max"],
-        "requests_per_conversation": round(opening_requests(bridge_kinds) / conversations, 1),
-        "all_requests_per_conversation": round(sum(bridge_kinds.values()) / conversations, 1),
-        "floor_requests_per_conversation": round(sum(floor_kinds.values()) / conversations, 1),
-        "requests_by_kind": dict(sorted(bridge_kinds.items())),
+        "requests_per_conversation": round(opening_requests(bridged["kinds"]) / conversations,
+                                           1),
+        "all_requests_per_conversation": round(sum(bridged["kinds"].values()) / conversations,
+                                               1),
+        "floor_requests_per_conversation": round(sum(bare["kinds"].values()) / conversations, 1),
+        "requests_by_kind": dict(sorted(bridged["kinds"].items())),
         "homeserver_cpu_s_per_conversation": round(bridged["hs_cpu_s"] / conversations, 3),
         "floor_homeserver_cpu_s_per_conversation": round(bare["hs_cpu_s"] / conversations, 3),
         "bridge_process_cpu_s_per_conversation": round(bridged["bridge_cpu_s"] / conversations,
                                                        3),
-        "floor_phase_bridge_process_cpu_s": round(bare["bridge_cpu_s"], 2),
     }
 
 
 def print_row(row: dict) -> None:
-    print(f"\n{row['users']} users ({row['users'] // 2} conversations)")
+    print(f"\n{row['users']} users ({row['users'] // 2} conversations) x {row['rounds']} rounds")
     print(f"  invite (s)         bridge p50 {row['invite_p50_s']} p95 {row['invite_p95_s']} "
           f"max {row['invite_max_s']} | floor p50 {row['floor_invite_p50_s']} "
           f"p95 {row['floor_invite_p95_s']} max {row['floor_invite_max_s']} "
@@ -247,7 +260,7 @@ def print_row(row: dict) -> None:
     print(f"  bridge CPU/conv (s) {row['bridge_process_cpu_s_per_conversation']}", flush=True)
 
 
-async def main(sizes: list[int], spread: float, json_path: str | None,
+async def main(sizes: list[int], spread: float, rounds: int, json_path: str | None,
                log_path: str | None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-open-") as root:
@@ -263,7 +276,7 @@ async def main(sizes: list[int], spread: float, json_path: str | None,
             await floor.start(hs1.client_url, hs1.server_name)
             quiet_from = time.monotonic() + SUSPECT_SECONDS + 1
             for count in sizes:
-                row = await one_size(lab, floor, count, spread, quiet_from)
+                row = await one_size(lab, floor, count, spread, quiet_from, rounds)
                 print_row(row)
                 rows.append(row)
         finally:
@@ -283,9 +296,11 @@ if __name__ == "__main__":
                         help="burst sizes (even numbers)")
     parser.add_argument("--spread", type=float, default=0.5,
                         help="seconds over which a burst's !start messages are sent")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="bursts each way per size (fresh users each; order alternates)")
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--log", help="keep the bridge's log here")
     args = parser.parse_args()
     if any(n % 2 or n < 2 for n in args.users):
         parser.error("--users: even numbers of at least 2")
-    asyncio.run(main(args.users, args.spread, args.json, args.log))
+    asyncio.run(main(args.users, args.spread, args.rounds, args.json, args.log))

@@ -12,6 +12,7 @@ from typing import Callable
 
 import asyncpg
 from mautrix.appservice import AppService, IntentAPI
+from mautrix.client import ClientAPI
 from mautrix.api import Method, Path
 from mautrix.errors import MatrixRequestError, MUserInUse
 from mautrix.types import EventType, MessageType, RoomCreatePreset, TextMessageEventContent
@@ -77,7 +78,11 @@ class Portal:
             device = await self.ghost_devices.get(ghost_id)
             _, content = await device.encrypt(room_id, event_type, content)
             etype = EventType.ROOM_ENCRYPTED
-        return await self.ghost(ghost_id).send_message_event(room_id, etype, content, txn_id=txn)
+        # The plain client call: the ghost made this room and keeps its top power level, so
+        # IntentAPI's checks (membership, then power levels and the create event: two
+        # look-ups per room) would only cost the homeserver requests.
+        return await ClientAPI.send_message_event(self.ghost(ghost_id), room_id, etype, content,
+                                                  txn_id=txn)
 
     async def should_encrypt(self, user_id: str) -> bool:
         """bridge.encryption.default: true/false, or auto: like the user's own DM with the bot
