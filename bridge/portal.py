@@ -14,8 +14,9 @@ import asyncpg
 from mautrix.appservice import AppService, IntentAPI
 from mautrix.client import ClientAPI
 from mautrix.api import Method, Path
-from mautrix.errors import MatrixRequestError, MUserInUse
-from mautrix.types import EventType, MessageType, RoomCreatePreset, TextMessageEventContent
+from mautrix.errors import MatrixConnectionError, MatrixRequestError, MUserInUse
+from mautrix.types import (EncryptionAlgorithm, EventType, Membership, MessageType,
+                           RoomEncryptionStateEventContent, TextMessageEventContent)
 
 from bridge import messages
 from bridge.config import Config
@@ -191,28 +192,32 @@ class Portal:
             log.info("Conversation %d ended before side %d's room was made", conv.id, side.side)
             await self._close_side(now or conv, side)
             return None
+        store = self.appservice.state_store
         try:
-            room_id = await ghost.create_room(
-                preset=RoomCreatePreset.PRIVATE, is_direct=True, invitees=[side.user_id],
-                initial_state=initial_state,
+            # Not retried by mautrix: createRoom has no transaction ID, so a retry after a
+            # failure that made the room (its invite refused, a lost answer) makes another.
+            created = await ghost.api.request(Method.POST, Path.v3.createRoom, {
+                "preset": "private_chat", "is_direct": True, "invite": [side.user_id],
+                "initial_state": initial_state,
                 # The user may turn encryption on later (their client offers it in a DM).
-                power_level_override={"events": {**DEFAULT_EVENT_POWER, "m.room.encryption": 0}},
-            )
-            invited = True
-        except MatrixRequestError as e:
+                "power_level_override": {"events": {**DEFAULT_EVENT_POWER,
+                                                    "m.room.encryption": 0}},
+            }, retry_count=0)
+            room_id, invited = created["room_id"], True
+            await store.set_membership(room_id, side.user_id, Membership.INVITE)
+        except (MatrixRequestError, MatrixConnectionError, asyncio.TimeoutError) as e:
             # createRoom makes the room, then invites: an invite the user's homeserver
             # refused (or could not be reached for) fails the call but leaves the room.
             joined = await ghost.get_joined_rooms()
             if not joined:
                 raise
-            log.warning("Conversation %d: side %d room made, invite failed: %s",
+            log.warning("Conversation %d: side %d room made, but not its invite: %s",
                         conv.id, side.side, e)
             room_id, invited = joined[0], False
-        if not encrypted and not await self.appservice.state_store.has_encryption_info_cached(
-                room_id):
-            # Known from the start, so sending needs no look-up; a change arrives as a state
-            # event in a transaction (Crypto.handle_state).
-            self.appservice.state_store.encryption[room_id] = None
+        # Known from the start, so sending needs no look-up; a change arrives as a state
+        # event in a transaction (Crypto.handle_state).
+        store.encryption[room_id] = (RoomEncryptionStateEventContent(
+            algorithm=EncryptionAlgorithm.MEGOLM_V1) if encrypted else None)
         await conversations.set_room(self.pool, conv.id, side.side, room_id)
         log.info("Conversation %d: side %d room %s", conv.id, side.side, room_id)
         return room_id, invited

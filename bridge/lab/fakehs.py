@@ -329,8 +329,9 @@ class FakeHomeserver:
             self._persist(room, user, state["type"], state.get("content", {}),
                           state_key=state.get("state_key", ""), by_bridge=True)
         for invitee in body.get("invite") or []:
-            self._persist(room, user, "m.room.member", {"membership": "invite"},
-                          state_key=invitee, by_bridge=True)
+            self._persist(room, user, "m.room.member", {
+                "membership": "invite", **({"is_direct": True} if body.get("is_direct") else {})},
+                state_key=invitee, by_bridge=True)
         await self._notify()
         return web.json_response({"room_id": room_id})
 
