@@ -10,10 +10,12 @@ needs). For each burst size, fresh users (half on each homeserver) DM both; then
      (so that what is measured until the last invite is opening alone);
   2. the floor: the same users send `!start` to the bare appservice, the same way.
 
-It prints, per burst, the time from `!start` to the invite (p50, p95, max) for both, the
-time to the first relayed message (the partner's hello), the homeserver requests the
+It prints, per burst size, the time from `!start` to the invite (p50, p95, max) for both,
+the time to the first relayed message (the partner's hello), the homeserver requests the
 bridge made per conversation (from Synapse's access log, by kind), and the CPU both
-Synapses spent per conversation from the first `!start` to the last invite.
+Synapses (and the bridge process) spent per conversation from the first `!start` to the
+last invite. `--rounds N` repeats each size N times with fresh users, alternating which
+goes first (the machine's load drifts), and pools the samples.
 
     python bench/open.py [--users 10 40 100] [--spread 0.5] [--rounds 1] [--json FILE]
                          [--log FILE]
@@ -51,8 +53,7 @@ ADMIN_DSN = os.environ.get("STRANGER_TEST_PG", "postgresql://postgres@127.0.0.1:
 BRIDGE_GHOST = re.compile(r"@_stranger_[a-z0-9]+:")
 FLOOR_GHOST = re.compile(rf"@{GHOST_PREFIX}[a-z0-9]+:")
 # Synapse's access log: "{requester} Processed request: ... "METHOD /path?query HTTP/1.1"".
-ACCESS = re.compile(r"\{([^}]*)\} Processed request: .* ru=\(([0-9.]+)sec, ([0-9.]+)sec\) "
-                    r".* \d+ \"(\w+) ([^ ?\"]+)(\?[^ \"]*)? ")
+ACCESS = re.compile(r"\{([^}]*)\} Processed request: .* \d+ \"(\w+) ([^ ?\"]+)(\?[^ \"]*)? ")
 USER_ID_PARAM = re.compile(r"[?&]user_id=([^&]+)")
 
 
@@ -65,12 +66,14 @@ def request_kind(method: str, path: str) -> str:
         return f"{method} rooms/{'/'.join(tail)}"
     if parts[:1] == ["profile"]:
         return f"{method} profile{'/' + parts[2] if len(parts) > 2 else ''}"
+    if parts[:1] == ["join"]:
+        return f"{method} join"
     return f"{method} {'/'.join(parts[:2])}"
 
 
 class AccessLog:
     """Requests an appservice made to a homeserver, read from Synapse's access log between
-    two points: each counted once by kind, with the CPU Synapse spent serving it. `owner`
+    two points, counted by kind. `owner`
     matches the appservice's users (its bot, its ghosts): the requester, or for a
     registration (logged without one) the user_id it names."""
 
@@ -81,23 +84,21 @@ class AccessLog:
     def mark(self) -> None:
         self.offset = self.path.stat().st_size
 
-    def since_mark(self) -> tuple[Counter, float]:
+    def since_mark(self) -> Counter:
         with self.path.open("rb") as f:
             f.seek(self.offset)
             text = f.read().decode(errors="replace")
         kinds: Counter = Counter()
-        cpu = 0.0
         for line in text.splitlines():
             m = ACCESS.search(line)
             if not m:
                 continue
-            named = USER_ID_PARAM.search(m.group(6) or "")
+            named = USER_ID_PARAM.search(m.group(4) or "")
             user = m.group(1) if m.group(1) != "None" else unquote(named.group(1)) if named else ""
             if not self.owner.match(user):
                 continue
-            kinds[request_kind(m.group(4), m.group(5))] += 1
-            cpu += float(m.group(2)) + float(m.group(3))
-        return kinds, cpu
+            kinds[request_kind(m.group(2), m.group(3))] += 1
+        return kinds
 
 
 def opening_requests(kinds: Counter) -> int:
@@ -206,7 +207,7 @@ async def one_size(lab: BridgedLab, floor: FloorRelay, count: int, spread: float
                                  BRIDGE_GHOST if name == "bridge" else FLOOR_GHOST, spread,
                                  pids, chat=name == "bridge", seed=count + round_,
                                  bridge_pid=bridge_pid)
-            kinds, _ = log.since_mark()
+            kinds = log.since_mark()
             if name == "floor" and (floor.opened - opened_before != count // 2 or floor.errors):
                 raise RuntimeError(f"the floor opened {floor.opened - opened_before} of "
                                    f"{count // 2}: {floor.errors}")
@@ -270,7 +271,10 @@ async def main(sizes: list[int], spread: float, rounds: int, json_path: str | No
         lab = await start_bridged_lab(Path(root), ADMIN_DSN,
                                       f"stranger_bench_{uuid.uuid4().hex[:8]}",
                                       extra_registrations=[registration],
-                                      **{"logging.level": "INFO"})
+                                      # Users accept once the whole burst is invited: the
+                                      # first invites must not expire meanwhile.
+                                      **{"logging.level": "INFO",
+                                         "bridge.invite_timeout": 600})
         try:
             hs1 = lab.lab.homeservers[0]
             await floor.start(hs1.client_url, hs1.server_name)

@@ -24,18 +24,10 @@ async def world(tmp_path, database_uri):
 
 
 async def test_a_side_is_opened_with_register_name_and_one_create_room(world):
-    carol, dave = world.user("carol"), world.user("dave")
-    await carol.ready()
-    await dave.ready()
     asked: list[tuple[str, str, str]] = []
     world.hs.fault = lambda method, path, user: asked.append((method, path, user))
     mark = world.hs.mark()
-    await carol.command("!start", "Looking")
-    await dave.command("!start", "Looking")
-    await carol.accept(mark)
-    await dave.accept(mark)
-    await carol.wait_opened(mark)
-    await dave.wait_opened(mark)
+    carol, dave = await world.pair("carol", "dave")
     await world.quiesce()
     world.hs.fault = None
     ghosts = {user for _, _, user in asked if world.is_ghost(user)}
