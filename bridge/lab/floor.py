@@ -84,7 +84,7 @@ class FloorRelay:
         try:
             if (event.get("type") == "m.room.member" and event.get("state_key") == self.bot_id
                     and event.get("content", {}).get("membership") == "invite"):
-                await self._request("POST", f"/join/{quote(event['room_id'])}", {})
+                await self._join(event["room_id"])
             elif (event.get("type") == "m.room.message"
                   and event.get("content", {}).get("body") == "!start"):
                 user_id = event["sender"]
@@ -96,6 +96,20 @@ class FloorRelay:
                 self.opened += 1
         except Exception as e:  # noqa: BLE001 - counted and reported by the bench
             self.errors.append(f"{type(e).__name__}: {e}"[:300])
+
+    async def _join(self, room_id: str, attempts: int = 8) -> None:
+        # Right after a federated invite the join can be refused ("not invited"): the
+        # invite has not reached every part of the server yet. Retry, as clients do.
+        delay = 0.1
+        for attempt in range(attempts):
+            try:
+                await self._request("POST", f"/join/{quote(room_id)}", {})
+                return
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(delay)
+                delay *= 2
 
     async def _open_side(self, user_id: str) -> None:
         localpart = f"{GHOST_PREFIX}{secrets.token_hex(8)}"
