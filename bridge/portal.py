@@ -13,8 +13,10 @@ from typing import Callable
 import asyncpg
 from mautrix.api import Method, Path
 from mautrix.appservice import AppService, IntentAPI
-from mautrix.errors import MatrixRequestError
-from mautrix.types import EventType, MessageType, RoomCreatePreset, TextMessageEventContent
+from mautrix.client import ClientAPI
+from mautrix.errors import MatrixConnectionError, MatrixRequestError, MUserInUse
+from mautrix.types import (EncryptionAlgorithm, EventType, Membership, MessageType,
+                           RoomEncryptionStateEventContent, TextMessageEventContent)
 
 from bridge import messages
 from bridge.config import Config
@@ -81,7 +83,11 @@ class Portal:
             device = await self.ghost_devices.get(ghost_id)
             _, content = await device.encrypt(room_id, event_type, content)
             etype = EventType.ROOM_ENCRYPTED
-        return await self.ghost(ghost_id).send_message_event(room_id, etype, content, txn_id=txn)
+        # The plain client call: the ghost made this room and keeps its top power level, so
+        # IntentAPI's checks (membership, then power levels and the create event: two
+        # look-ups per room) would only cost the homeserver requests.
+        return await ClientAPI.send_message_event(self.ghost(ghost_id), room_id, etype, content,
+                                                  txn_id=txn)
 
     async def redact(self, ghost_id: str, room_id: str, event_id: str, txn: str) -> str:
         """Redact the ghost's own event (never encrypted: the homeserver applies it). The
@@ -105,68 +111,129 @@ class Portal:
     # -- opening ----------------------------------------------------------------------------
 
     async def open(self, conversation_id: int) -> bool:
-        """Create each side's room with its ghost and invite the user. False when an invite
+        """Create each side's room with its ghost, inviting the user. False when an invite
         could not be delivered at all (the caller ends the conversation)."""
         conv = await conversations.get(self.pool, conversation_id)
         if conv is None or conv.state != "opening":
             return True
-        for side in conv.sides:
-            room_id = side.room_id
-            if room_id is None:
-                room_id = await self._create_room(conv, side)
-                # Opening can take long (a slow homeserver): the conversation may have ended
-                # meanwhile (invite deadline, a !stop), its cleanup finding no room to clean.
-                # The room is recorded now, so whichever of us reads second cleans it up.
-                now = await conversations.get(self.pool, conversation_id)
-                if now is not None and now.state != "opening":
-                    log.info("Conversation %d ended while opening: side %d room abandoned",
-                             conv.id, side.side)
-                    await self._close_side(now, now.sides[side.side])
-                    return True
-            if side.joined_at is None:
-                try:
-                    await self.ghost(side.ghost_id).invite_user(
-                        room_id, side.user_id, extra_content={"is_direct": True})
-                except MatrixRequestError as e:
-                    log.warning("Conversation %d: invite to side %d failed: %s",
-                                conv.id, side.side, e)
-                    return False
+        # Both sides at once; each is allowed to finish before an error is raised, so a
+        # retry never runs alongside a side still being opened.
+        results = await asyncio.gather(*(self._open_side(conv, side) for side in conv.sides),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return all(results)
+
+    async def _open_side(self, conv: Conversation, side: Side) -> bool:
+        room_id, invited = side.room_id, False
+        if room_id is None:
+            created = await self._create_room(conv, side)
+            if created is None:
+                return True  # the conversation ended first: nothing was made
+            room_id, invited = created
+            # Opening can take long (a slow homeserver): the conversation may have ended
+            # meanwhile (invite deadline, a !stop), its cleanup finding no room to clean.
+            # The room is recorded now, so whichever of us reads second cleans it up (and
+            # takes back the invite).
+            now = await conversations.get(self.pool, conv.id)
+            if now is not None and now.state != "opening":
+                log.info("Conversation %d ended while opening: side %d room abandoned",
+                         conv.id, side.side)
+                await self._close_side(now, now.sides[side.side])
+                return True
+        if side.joined_at is None and not invited:
+            try:
+                await self.ghost(side.ghost_id).invite_user(
+                    room_id, side.user_id, extra_content={"is_direct": True})
+            except MatrixRequestError as e:
+                log.warning("Conversation %d: invite to side %d failed: %s",
+                            conv.id, side.side, e)
+                return False
         return True
 
-    async def _create_room(self, conv: Conversation, side: Side) -> str:
+    async def _register(self, ghost: IntentAPI) -> bool:
+        """Register the ghost; True when it was new just now, so it cannot be in any room
+        yet (False after an earlier attempt, in this process or before a crash)."""
+        store = self.appservice.state_store
+        if await store.is_registered(ghost.mxid):
+            return False
+        try:
+            await ghost.api.request(Method.POST, Path.v3.register, {
+                "username": ghost.localpart, "type": "m.login.application_service",
+                "inhibit_login": True}, query_params={"kind": "user"})
+            fresh = True
+        except MUserInUse:
+            fresh = False
+        await store.registered(ghost.mxid)
+        return fresh
+
+    async def _create_room(self, conv: Conversation, side: Side) -> tuple[str, bool] | None:
+        """This side's room: (its ID, whether the user is invited already), or None when
+        the conversation ended before the room was made."""
         ghost = self.ghost(side.ghost_id)
-        await ghost.ensure_registered()
-        # This side's ghost is new and only ever joins this side's room: a room it is in
-        # already is one whose creation a crash interrupted before it was recorded
-        # (createRoom has no transaction ID). Reuse it rather than leave it orphaned.
-        joined = await ghost.get_joined_rooms()
-        if joined:
-            await conversations.set_room(self.pool, conv.id, side.side, joined[0])
-            log.info("Conversation %d: side %d room %s (recovered)", conv.id, side.side, joined[0])
-            return joined[0]
-        await ghost.set_displayname(self.config["bridge.ghost_displayname"], check_current=False)
+        if not await self._register(ghost):
+            # This side's ghost is new and only ever joins this side's room: a room it is in
+            # already is one whose creation an earlier attempt did not record (createRoom
+            # has no transaction ID). Reuse it rather than leave it orphaned.
+            joined = await ghost.get_joined_rooms()
+            if joined:
+                await conversations.set_room(self.pool, conv.id, side.side, joined[0])
+                log.info("Conversation %d: side %d room %s (recovered)",
+                         conv.id, side.side, joined[0])
+                return joined[0], False
         initial_state = [{"type": "m.room.history_visibility", "state_key": "",
                           "content": {"history_visibility": "invited"}},
                          {"type": "m.room.guest_access", "state_key": "",
                           "content": {"guest_access": "forbidden"}}]
-        if await self.should_encrypt(side.user_id):
+        # The creator's membership carries its profile: named before the room is made.
+        naming = ghost.set_displayname(self.config["bridge.ghost_displayname"],
+                                       check_current=False)
+        encrypted = await self.should_encrypt(side.user_id)
+        if encrypted:
             # The ghost's device (and its keys) must exist before the user can encrypt to it.
-            await self.ghost_devices.get(side.ghost_id)
+            await asyncio.gather(naming, self.ghost_devices.get(side.ghost_id))
             initial_state.append({"type": "m.room.encryption", "state_key": "",
                                   "content": {"algorithm": "m.megolm.v1.aes-sha2"}})
-        # No invitees here: createRoom fails whole when the invitee's server is unreachable.
-        room_id = await ghost.create_room(
-            preset=RoomCreatePreset.PRIVATE,
-            is_direct=True,
-            initial_state=initial_state,
-            # The user may turn encryption on later (their client offers it in a DM), and may
-            # start an Element Call: it is not relayed, but they are told so (calls.py).
-            power_level_override={"events": {**DEFAULT_EVENT_POWER, "m.room.encryption": 0,
-                                             **{t: 0 for t in GROUP_CALL_STATE_TYPES}}},
-        )
+        else:
+            await naming
+        now = await conversations.get(self.pool, conv.id)
+        if now is None or now.state != "opening":
+            # Ended meanwhile (its cleanup may have run already): no room, no invite.
+            log.info("Conversation %d ended before side %d's room was made", conv.id, side.side)
+            await self._close_side(now or conv, side)
+            return None
+        store = self.appservice.state_store
+        try:
+            # Not retried by mautrix: createRoom has no transaction ID, so a retry after a
+            # failure that made the room (its invite refused, a lost answer) makes another.
+            created = await ghost.api.request(Method.POST, Path.v3.createRoom, {
+                "preset": "private_chat", "is_direct": True, "invite": [side.user_id],
+                "initial_state": initial_state,
+                # The user may turn encryption on later (their client offers it in a DM), and
+                # may start an Element Call: it is not relayed, but they are told so (calls.py).
+                "power_level_override": {"events": {
+                    **DEFAULT_EVENT_POWER, "m.room.encryption": 0,
+                    **{t: 0 for t in GROUP_CALL_STATE_TYPES}}},
+            }, retry_count=0)
+            room_id, invited = created["room_id"], True
+            await store.set_membership(room_id, side.user_id, Membership.INVITE)
+        except (MatrixRequestError, MatrixConnectionError, asyncio.TimeoutError) as e:
+            # createRoom makes the room, then invites: an invite the user's homeserver
+            # refused (or could not be reached for) fails the call but leaves the room.
+            joined = await ghost.get_joined_rooms()
+            if not joined:
+                raise
+            log.warning("Conversation %d: side %d room made, but not its invite: %s",
+                        conv.id, side.side, e)
+            room_id, invited = joined[0], False
+        # Known from the start, so sending needs no look-up; a change arrives as a state
+        # event in a transaction (Crypto.handle_state).
+        store.encryption[room_id] = (RoomEncryptionStateEventContent(
+            algorithm=EncryptionAlgorithm.MEGOLM_V1) if encrypted else None)
         await conversations.set_room(self.pool, conv.id, side.side, room_id)
         log.info("Conversation %d: side %d room %s", conv.id, side.side, room_id)
-        return room_id
+        return room_id, invited
 
     async def greet(self, conv: Conversation) -> None:
         for side in conv.sides:

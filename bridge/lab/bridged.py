@@ -168,8 +168,10 @@ class BridgedLab:
 
 async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str, *,
                             homeserver_config: dict | None = None,
+                            extra_registrations: list[Path] = (),
                             **config_overrides) -> BridgedLab:
     """`homeserver_config`: top-level homeserver.yaml keys for both homeservers (e.g. TURN);
+    `extra_registrations`: other appservices on the first homeserver (a bench's own);
     `config_overrides`: the bridge's config, by dotted key."""
     admin = await asyncpg.connect(admin_dsn)
     try:
@@ -180,7 +182,8 @@ async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str, *,
     database_uri = re.sub(r"/[^/]*$", f"/{database_name}", admin_dsn)
     # Ports and names exist before start, so config and registration can be written first.
     registration = root / "registration.yaml"
-    lab = Lab(root / "lab", count=2, appservice_registrations={0: [registration]},
+    lab = Lab(root / "lab", count=2,
+              appservice_registrations={0: [registration, *extra_registrations]},
               extra_config=homeserver_config)
     hs1 = lab.homeservers[0]
     port = free_port()

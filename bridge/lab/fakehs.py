@@ -60,6 +60,7 @@ class FakeHomeserver:
         self.timeline_limit = timeline_limit
         self.bridge_url: str | None = None
         self.rooms: dict[str, FakeRoom] = {}
+        self.registered: set[str] = set()  # users that exist (registering again: M_USER_IN_USE)
         self.sent: list[dict] = []  # events the bridge created (sends, state, memberships)
         self.unknown: list[str] = []  # endpoints the fake does not implement
         self.requests = 0
@@ -118,6 +119,7 @@ class FakeHomeserver:
         room_id = f"{self.new_id('!')}:{self.server_name}"
         room = FakeRoom(room_id, creator)
         self.rooms[room_id] = room
+        self.registered.add(creator)
         self._persist(room, creator, "m.room.create", {"creator": creator, "room_version": "10"},
                       state_key="")
         self._persist(room, creator, "m.room.member", {"membership": "join"}, state_key=creator)
@@ -322,7 +324,11 @@ class FakeHomeserver:
 
     async def _register(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        return web.json_response({"user_id": f"@{body.get('username')}:{self.server_name}"})
+        user_id = f"@{body.get('username')}:{self.server_name}"
+        if user_id in self.registered:
+            return _error(400, "M_USER_IN_USE", "User ID already taken.")
+        self.registered.add(user_id)
+        return web.json_response({"user_id": user_id})
 
     async def _create_room(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -333,8 +339,9 @@ class FakeHomeserver:
             self._persist(room, user, state["type"], state.get("content", {}),
                           state_key=state.get("state_key", ""), by_bridge=True)
         for invitee in body.get("invite") or []:
-            self._persist(room, user, "m.room.member", {"membership": "invite"},
-                          state_key=invitee, by_bridge=True)
+            self._persist(room, user, "m.room.member", {
+                "membership": "invite", **({"is_direct": True} if body.get("is_direct") else {})},
+                state_key=invitee, by_bridge=True)
         await self._notify()
         return web.json_response({"room_id": room_id})
 

@@ -186,11 +186,16 @@ async def test_a_conversation_ending_while_its_rooms_are_made_leaves_no_ghost(ch
     await dave.command("!start", "Looking")
     conv_id = await world.bridge.pool.fetchval("SELECT max(id) FROM conversations")
     real_create = portal._create_room
+    expired = asyncio.Event()
 
     async def slow_create(conv, side):
-        if side.side == 0:  # the deadline passes while the first room is being made
+        # The deadline passes while the rooms (both at once) are being made.
+        if side.side == 0:
             await pairing.expire(conv.id)
             await portal.close(conv.id)
+            expired.set()
+        else:
+            await expired.wait()
         return await real_create(conv, side)
 
     portal._create_room = slow_create
