@@ -45,6 +45,10 @@ class Config(BaseFileConfig):
             "bridge.invite_timeout", "bridge.max_body_bytes", "bridge.command_prefix",
             "bridge.matching.fallback_after", "bridge.matching.rematch_cooldown",
             "bridge.matching.max_tags", "bridge.matching.max_tag_length",
+            "bridge.admins", "bridge.moderation_room",
+            "bridge.moderation.evidence_messages", "bridge.moderation.evidence_grace",
+            "bridge.moderation.auto_suspend.reporters", "bridge.moderation.auto_suspend.window",
+            "bridge.moderation.auto_suspend.duration",
             "bridge.encryption.allow", "bridge.encryption.default", "bridge.encryption.require",
             "bridge.encryption.appservice", "bridge.encryption.pickle_key",
             "bridge.encryption.self_sign", "bridge.encryption.allow_key_sharing",
@@ -131,12 +135,35 @@ class Config(BaseFileConfig):
         _seconds(self, "bridge.matching.rematch_cooldown", 0, 30 * 86400)
         _int(self, "bridge.matching.max_tags", 1, 50)
         _int(self, "bridge.matching.max_tag_length", 1, 200)
+        self._validate_moderation()
         self._validate_encryption()
         if self["logging.level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("logging.level", f"must be DEBUG, INFO, WARNING or ERROR, "
                                                f"got {self['logging.level']!r}")
         if self["logging.format"] not in ("text", "json"):
             raise ConfigError("logging.format", f"must be text or json, got {self['logging.format']!r}")
+
+    def _validate_moderation(self) -> None:
+        admins = self["bridge.admins"]
+        if admins is None:
+            admins = self["bridge.admins"] = []
+        if not isinstance(admins, list):
+            raise ConfigError("bridge.admins", f"must be a list of Matrix user IDs, got {admins!r}")
+        for admin in admins:
+            if not isinstance(admin, str) or not re.fullmatch(r"@[^:\s]+:\S+", admin):
+                raise ConfigError("bridge.admins",
+                                  f"must hold full Matrix user IDs (@name:server), got {admin!r}")
+        room = self["bridge.moderation_room"]
+        if room not in (None, "") and not (isinstance(room, str)
+                                           and re.fullmatch(r"[!#][^:\s]+:\S+", room)):
+            raise ConfigError("bridge.moderation_room",
+                              f"must be empty or a room ID (!id:server) or alias (#name:server), "
+                              f"got {room!r}")
+        _int(self, "bridge.moderation.evidence_messages", 0, 200)
+        _seconds(self, "bridge.moderation.evidence_grace", 0, 7 * 86400)
+        _int(self, "bridge.moderation.auto_suspend.reporters", 0, 1000)
+        _seconds(self, "bridge.moderation.auto_suspend.window", 60, 365 * 86400)
+        _seconds(self, "bridge.moderation.auto_suspend.duration", 60, 365 * 86400)
 
     def _validate_encryption(self) -> None:
         for key in ("allow", "require", "appservice", "self_sign", "allow_key_sharing"):

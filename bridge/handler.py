@@ -14,6 +14,8 @@ from bridge.commands import Commands, parse
 from bridge.config import Config
 from bridge.dispatcher import Outcome
 from bridge.encryption.crypto import Crypto, Undecryptable
+from bridge.moderation.moderators import ModeratorCommands
+from bridge.moderation.room import ModerationRoom
 from bridge.pairing import Pairing
 from bridge.portal import Portal, txn_id
 from bridge.relay.relayer import Relayer
@@ -27,6 +29,9 @@ LEFT_MEMBERSHIPS = ("leave", "ban")
 
 class Handler:
     crypto: Crypto | None = None  # set once started, when bridge.encryption.allow
+    # Set at start-up: the moderation room and the commands given there.
+    moderation_room: ModerationRoom | None = None
+    moderators: ModeratorCommands | None = None
 
     def __init__(self, appservice: AppService, pool: asyncpg.Pool, config: Config,
                  portal: Portal, pairing: Pairing, commands: Commands, relayer: Relayer) -> None:
@@ -46,6 +51,9 @@ class Handler:
     def is_ours(self, user_id: str) -> bool:
         return user_id == self.config.bot_mxid or self.config.is_ghost(user_id)
 
+    def is_moderation_room(self, room_id: str) -> bool:
+        return self.moderation_room is not None and room_id == self.moderation_room.room_id
+
     async def reply(self, room_id: str, key: str, cause: str, **values: str) -> None:
         content = TextMessageEventContent(
             msgtype=MessageType.NOTICE, body=messages.text(key, prefix=self.prefix, **values))
@@ -56,10 +64,10 @@ class Handler:
         await self.bot.send_message_event(room_id, event_type, content,
                                           txn_id=txn_id("reply", room_id, cause))
 
-    async def notify_dm(self, user_id: str, key: str, cause: str) -> None:
+    async def notify_dm(self, user_id: str, key: str, cause: str, **values: str) -> None:
         user = await users.get(self.pool, user_id)
         if user and user.dm_room_id:
-            await self.reply(user.dm_room_id, key, f"{user_id}|{cause}")
+            await self.reply(user.dm_room_id, key, f"{user_id}|{cause}", **values)
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -73,6 +81,9 @@ class Handler:
         if self.is_ours(event["sender"]) or "state_key" in event:
             return Outcome.DONE
         room_id, sender = event["room_id"], event["sender"]
+        if self.is_moderation_room(room_id):
+            await self.on_moderation_event(event)
+            return Outcome.DONE
         if await users.get_by_dm_room(self.pool, room_id, sender):
             await self.on_dm_event(event)
             return Outcome.DONE
@@ -88,6 +99,8 @@ class Handler:
         membership = event["content"].get("membership")
         room_id = event["room_id"]
         if target == self.config.bot_mxid:
+            if self.is_moderation_room(room_id):
+                return Outcome.DONE  # joined at start-up; never a DM
             if membership == "invite" and not self.is_ours(sender):
                 await self.on_bot_invited(room_id, sender, event["event_id"])
             elif membership in LEFT_MEMBERSHIPS:
@@ -191,6 +204,32 @@ class Handler:
             await self.reply(room_id, "not_a_command", event["event_id"])
             return
         reply = await self.commands.run(sender, command)
+        await self.reply(room_id, reply.key, event["event_id"],
+                         command=f"{self.prefix}{command.name}"[:50], **reply.values)
+
+    async def on_moderation_event(self, event: dict) -> None:
+        """A moderator's command (only admins' messages count; anything else said there is
+        the moderators' own talk)."""
+        sender, room_id = event["sender"], event["room_id"]
+        if self.moderators is None or not self.moderators.is_admin(sender):
+            return
+        if event["type"] == "m.room.encrypted" and self.crypto:
+            try:
+                decrypted = await self.crypto.decrypt(event)
+            except Undecryptable as e:
+                log.warning("Cannot decrypt %s in the moderation room: %s", event["event_id"], e)
+                decrypted = None
+            if decrypted is None:
+                await self.reply(room_id, "dm_undecryptable", event["event_id"])
+                return
+            event = decrypted
+        if event["type"] != "m.room.message":
+            return
+        body = event["content"].get("body")
+        command = parse(body, self.prefix) if isinstance(body, str) else None
+        if command is None:
+            return
+        reply = await self.moderators.run(sender, command)
         await self.reply(room_id, reply.key, event["event_id"],
                          command=f"{self.prefix}{command.name}"[:50], **reply.values)
 
