@@ -218,3 +218,31 @@ async def test_three_reporters_suspend_automatically_pending_review(world):
     # The next automatic suspension would last twice as long (escalation).
     assert await world.bridge.pool.fetchval(
         "SELECT count(*) FROM sanctions WHERE source = 'automatic'") == 1
+
+
+async def test_a_server_ban_ends_its_users_chats_and_queue_places(world):
+    from bridge.lab.inprocess import SimUser
+    ann = world.user("ann")
+    bad = SimUser(world, "@bob:bad.example")
+    world.users[bad.user_id] = bad
+    waiting = SimUser(world, "@cat:bad.example")
+    for u in (ann, bad, waiting):
+        await u.ready()
+    mark = world.hs.mark()
+    await ann.command("!start", "Looking")
+    await bad.command("!start", "Looking")
+    await ann.accept(mark)
+    await bad.accept(mark)
+    await ann.wait_opened(mark)
+    await waiting.command("!start", "Looking")
+    mark = world.hs.mark()
+    answer = await mod_says(world, "!banserver Bad.Example spam server", "bad.example is banned")
+    assert "2 of its users" in answer
+    await world.quiesce()
+    assert any(b.startswith("Stranger has disconnected.") for b in seen_by(world, ann, mark))
+    for u in (bad, waiting):
+        assert any("your homeserver is banned from this bridge permanently" in b
+                   for b in seen_by(world, u, mark))
+    assert await world.bridge.pool.fetchval("SELECT count(*) FROM waiting") == 0
+    body = (await waiting.command("!start", "You can't chat here"))["content"]["body"]
+    assert "Reason: spam server" in body
