@@ -26,11 +26,9 @@ import asyncio
 import json
 import os
 import random
-import re
 import statistics
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,7 +38,7 @@ import asyncpg  # noqa: E402
 from bridge.background import Background  # noqa: E402
 from bridge.commands import Commands  # noqa: E402
 from bridge.config import Config  # noqa: E402
-from bridge.database import migrate  # noqa: E402
+from bridge.lab.benchdb import create_database, drop_database  # noqa: E402
 from bridge.lab.bridge_process import write_config  # noqa: E402
 from bridge.moderation.safety import Safety  # noqa: E402
 from bridge.pairing import Pairing  # noqa: E402
@@ -157,26 +155,6 @@ async def play(pool, pairing: Pairing, commands: Commands, conversation_id: int,
         await commands.stop(a)
 
 
-async def create_database() -> str:
-    name = f"stranger_abusebench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    uri = re.sub(r"/[^/]*$", f"/{name}", ADMIN_DSN)
-    await migrate(uri)
-    return uri
-
-
-async def drop_database(uri: str) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {uri.rsplit('/', 1)[1]} WITH (FORCE)")
-    finally:
-        await admin.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=1000)
@@ -189,14 +167,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    uri = asyncio.run(create_database())
+    uri = asyncio.run(create_database(ADMIN_DSN, "stranger_abusebench"))
     try:
         with tempfile.TemporaryDirectory() as tmp:
             config = load_config(Path(tmp), uri)
             result = asyncio.run(simulate(uri, config, args.users, args.abusers, args.rounds,
                                           args.report_abuser, args.mistake, args.seed))
     finally:
-        asyncio.run(drop_database(uri))
+        asyncio.run(drop_database(ADMIN_DSN, uri))
     print(f"{result['users']} users, {result['abusers']} abusers, {args.rounds} rounds "
           f"(seed {args.seed})")
     print(f"honest users an abuser reached before suspension: median "
