@@ -114,10 +114,6 @@ async def simulate(uri: str, config: Config, n_users: int, abuser_share: float, 
             await pool.execute("DELETE FROM waiting")  # the unpaired go home for the round
         suspended = {r["user_id"] for r in await pool.fetch(
             "SELECT DISTINCT user_id FROM sanctions WHERE source = 'automatic'")}
-        for user_id in suspended - abusers:
-            rows = await pool.fetch("SELECT reporter, created_at FROM reports WHERE reported = $1 ORDER BY id", user_id)
-            print("DEBUG", user_id, [(r["reporter"] in abusers, r["created_at"].time()) for r in rows],
-                  await pool.fetchval("SELECT created_at FROM sanctions WHERE user_id = $1", user_id))
     finally:
         await asyncio.wait_for(background.wait(timeout=30), timeout=60)
         await pool.close()

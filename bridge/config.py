@@ -49,6 +49,7 @@ class Config(BaseFileConfig):
             "bridge.moderation.evidence_messages", "bridge.moderation.evidence_grace",
             "bridge.moderation.auto_suspend.reporters", "bridge.moderation.auto_suspend.window",
             "bridge.moderation.auto_suspend.duration",
+            "bridge.moderation.auto_suspend.min_share",
             "bridge.encryption.allow", "bridge.encryption.default", "bridge.encryption.require",
             "bridge.encryption.appservice", "bridge.encryption.pickle_key",
             "bridge.encryption.self_sign", "bridge.encryption.allow_key_sharing",
@@ -164,6 +165,10 @@ class Config(BaseFileConfig):
         _int(self, "bridge.moderation.auto_suspend.reporters", 0, 1000)
         _seconds(self, "bridge.moderation.auto_suspend.window", 60, 365 * 86400)
         _seconds(self, "bridge.moderation.auto_suspend.duration", 60, 365 * 86400)
+        share = self["bridge.moderation.auto_suspend.min_share"]
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise ConfigError("bridge.moderation.auto_suspend.min_share",
+                              f"must be a number from 0 to 1, got {share!r}")
 
     def _validate_encryption(self) -> None:
         for key in ("allow", "require", "appservice", "self_sign", "allow_key_sharing"):

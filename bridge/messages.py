@@ -230,7 +230,9 @@ ENGLISH: dict[str, str] = {
     "mod_suspended": "{user} is suspended{until}. Reason: {reason}",
     "mod_unbanned": "{user}'s restrictions are lifted.",
     "mod_not_restricted": "{user} has no ban or suspension to lift.",
-    "mod_server_banned": "{server} is banned: {reason} ({affected} of its users were chatting or waiting).",
+    "mod_server_banned": (
+        "{server} is banned: {reason} ({affected} of its users were chatting or waiting)."
+    ),
     "mod_server_unbanned": "{server} is no longer banned.",
     "mod_server_not_banned": "{server} was not banned.",
     "mod_counts": (

@@ -55,10 +55,13 @@ def reports_weight(standings: list[ReporterStanding]) -> float:
     return sum(seen.values())
 
 
-def should_auto_suspend(standings: list[ReporterStanding], threshold: int) -> bool:
-    """Suspend pending review once the reports' weight reaches `threshold` reporters."""
-    # (a tiny tolerance: three 1/3 weights make 1, not 0.9999…)
-    return reports_weight(standings) >= threshold - 1e-9
+def should_auto_suspend(standings: list[ReporterStanding], threshold: int, chats: int,
+                        min_share: float) -> bool:
+    """Suspend pending review once the reports' weight reaches `threshold` reporters and
+    `min_share` of the user's `chats` in the window: a few mistaken reports against someone
+    who chats a lot are not enough on their own."""
+    weight = reports_weight(standings) + 1e-9  # (three 1/3 weights make 1, not 0.9999…)
+    return weight >= threshold and weight >= min_share * chats
 
 
 def auto_suspension_seconds(base: float, previous: int) -> float:

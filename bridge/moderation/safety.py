@@ -145,7 +145,10 @@ class Safety:
             return False
         window = self.config["bridge.moderation.auto_suspend.window"]
         standings = await reports.standings_of_reporters(self.pool, user_id, window)
-        if not rules.should_auto_suspend(standings, threshold):
+        chats = await conversations.count_since(self.pool, user_id, window)
+        if not rules.should_auto_suspend(
+                standings, threshold, chats,
+                self.config["bridge.moderation.auto_suspend.min_share"]):
             return False
         seconds = rules.auto_suspension_seconds(
             self.config["bridge.moderation.auto_suspend.duration"],

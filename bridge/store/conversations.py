@@ -245,3 +245,12 @@ async def stale_unclosed(db, older_than_seconds: float) -> list[int]:
              AND c.ended_at < now() - make_interval(secs => $1)
            ORDER BY c.id""", older_than_seconds)
     return [r["id"] for r in rows]
+
+
+async def count_since(db, user_id: str, seconds: float) -> int:
+    """Conversations the user was matched into within the last `seconds`."""
+    return await db.fetchval(
+        """SELECT count(*) FROM conversation_sides s JOIN conversations c
+             ON c.id = s.conversation_id
+           WHERE s.user_id = $1 AND c.created_at > now() - make_interval(secs => $2)""",
+        user_id, float(seconds))

@@ -16,6 +16,7 @@ def test_moderation_defaults(tmp_path):
     assert config["bridge.moderation.auto_suspend.reporters"] == 3
     assert config["bridge.moderation.auto_suspend.window"] == 86400
     assert config["bridge.moderation.auto_suspend.duration"] == 86400
+    assert config["bridge.moderation.auto_suspend.min_share"] == 0.33
 
 
 def test_admins_and_room_are_read(tmp_path):
@@ -46,7 +47,8 @@ def test_invalid_evidence_value_names_its_key(tmp_path, key, value):
 
 @pytest.mark.parametrize("key, value", [
     ("reporters", -1), ("reporters", 2.5), ("window", 0), ("window", "1d"),
-    ("duration", 10), ("duration", True),
+    ("duration", 10), ("duration", True), ("min_share", 1.5), ("min_share", -0.1),
+    ("min_share", "half"),
 ])
 def test_invalid_auto_suspend_value_names_its_key(tmp_path, key, value):
     message = assert_invalid(

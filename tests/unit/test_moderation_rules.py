@@ -39,24 +39,33 @@ def test_a_reporter_who_reports_nearly_everyone_counts_less():
 
 
 def test_both_reductions_multiply():
-    assert rules.report_weight(honest("a", chats=10, filed=10, reported_by=3)) == pytest.approx(1 / 6)
+    both = honest("a", chats=10, filed=10, reported_by=3)
+    assert rules.report_weight(both) == pytest.approx(1 / 6)
 
 
 def test_threshold_counts_distinct_reporters():
     two = [honest("a"), honest("b")]
-    assert not rules.should_auto_suspend(two, 3)
-    assert not rules.should_auto_suspend(two + [honest("a")], 3)  # "a" again: still two
-    assert rules.should_auto_suspend(two + [honest("c")], 3)
+    assert not rules.should_auto_suspend(two, 3, chats=3, min_share=0.33)
+    assert not rules.should_auto_suspend(two + [honest("a")], 3, 3, 0.33)  # "a" again: two
+    assert rules.should_auto_suspend(two + [honest("c")], 3, 3, 0.33)
+
+
+def test_reports_must_be_a_share_of_the_users_chats():
+    three = [honest("a"), honest("b"), honest("c")]
+    assert rules.should_auto_suspend(three, 3, chats=9, min_share=0.33)
+    # Three mistaken reports among many chats are not enough on their own.
+    assert not rules.should_auto_suspend(three, 3, chats=10, min_share=0.33)
+    assert rules.should_auto_suspend(three, 3, chats=100, min_share=0)
 
 
 def test_threshold_with_weighed_reporters():
     spammers = [honest(f"s{i}", chats=10, filed=10, reported_by=3) for i in range(6)]
     assert rules.reports_weight(spammers) == pytest.approx(1.0)
-    assert not rules.should_auto_suspend(spammers, 3)
-    assert not rules.should_auto_suspend(spammers + [honest("a")], 3)
+    assert not rules.should_auto_suspend(spammers, 3, 7, 0.33)
+    assert not rules.should_auto_suspend(spammers + [honest("a")], 3, 7, 0.33)
     # Exact sums reach the threshold despite rounding.
     thirds = [honest(f"t{i}", reported_by=3) for i in range(9)]
-    assert rules.should_auto_suspend(thirds, 3)
+    assert rules.should_auto_suspend(thirds, 3, 9, 0.33)
 
 
 def test_automatic_suspensions_escalate_and_are_capped():
