@@ -30,13 +30,17 @@ class ReporterStanding:
     reported_by: int  # distinct others who reported this reporter (the reported user excluded)
     filed: int  # reports this reporter filed
     chats: int  # conversations this reporter had
+    restricted: bool = False  # suspended or banned now
 
 
 def report_weight(standing: ReporterStanding) -> float:
     """How much one reporter's report counts towards an automatic suspension (1: fully).
     Reported by several others: 1/n for n distinct reporters (one mistaken or retaliating
     report against them costs nothing). Reporting more than half their chats: scaled by
-    half / their share (0.5 when they report everyone). Both together multiply."""
+    half / their share (0.5 when they report everyone). Both together multiply. A reporter
+    suspended or banned now counts nothing."""
+    if standing.restricted:
+        return 0.0
     weight = 1.0
     if standing.reported_by > TRUSTED_UP_TO_REPORTS_AGAINST:
         weight /= standing.reported_by

@@ -68,7 +68,8 @@ async def resolve_against(db, reported: str, status: str, by: str) -> int:
 async def standings_of_reporters(db, reported: str, window: float) -> list[ReporterStanding]:
     """Everyone who reported `reported` within the last `window` seconds, with how often
     they were reported themselves (by others than `reported`), how many reports they filed
-    and how many chats they had, over the same window (see rules.report_weight)."""
+    and how many chats they had, over the same window, and whether they are suspended or
+    banned now (see rules.report_weight)."""
     rows = await db.fetch(
         """WITH since AS (SELECT now() - make_interval(secs => $2) AS t),
            reporters AS (
@@ -82,7 +83,10 @@ async def standings_of_reporters(db, reported: str, window: float) -> list[Repor
                     WHERE x.reporter = r.reporter AND x.created_at > since.t) AS filed,
                   (SELECT count(*) FROM conversation_sides s
                      JOIN conversations c ON c.id = s.conversation_id, since
-                    WHERE s.user_id = r.reporter AND c.created_at > since.t) AS chats
+                    WHERE s.user_id = r.reporter AND c.created_at > since.t) AS chats,
+                  EXISTS (SELECT 1 FROM sanctions x
+                          WHERE x.user_id = r.reporter AND x.lifted_at IS NULL
+                            AND (x.until IS NULL OR x.until > now())) AS restricted
            FROM reporters r""", reported, float(window))
-    return [ReporterStanding(r["reporter"], r["reported_by"], r["filed"], r["chats"])
-            for r in rows]
+    return [ReporterStanding(r["reporter"], r["reported_by"], r["filed"], r["chats"],
+                             r["restricted"]) for r in rows]

@@ -90,6 +90,10 @@ async def test_standings_of_reporters(pool):
     assert set(standings) == {r1, r2}  # a dismissed report does not count
     assert (standings[r1].reported_by, standings[r1].filed, standings[r1].chats) == (2, 1, 4)
     assert (standings[r2].reported_by, standings[r2].filed, standings[r2].chats) == (0, 1, 1)
+    assert not standings[r1].restricted
+    await sanctions.add(pool, r1, "suspended", "spam", None, "automatic", None)
+    standings = {s.reporter: s for s in await reports.standings_of_reporters(pool, target, 3600)}
+    assert standings[r1].restricted and not standings[r2].restricted
     # Outside the window, nothing.
     await pool.execute("UPDATE reports SET created_at = now() - interval '2 hours'")
     assert await reports.standings_of_reporters(pool, target, 3600) == []

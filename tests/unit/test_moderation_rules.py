@@ -38,6 +38,10 @@ def test_a_reporter_who_reports_nearly_everyone_counts_less():
     assert rules.report_weight(honest("a", chats=3, filed=3)) == 1.0
 
 
+def test_a_suspended_or_banned_reporter_counts_nothing():
+    assert rules.report_weight(ReporterStanding("a", 0, 1, 10, restricted=True)) == 0.0
+
+
 def test_both_reductions_multiply():
     both = honest("a", chats=10, filed=10, reported_by=3)
     assert rules.report_weight(both) == pytest.approx(1 / 6)
