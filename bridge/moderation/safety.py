@@ -104,23 +104,24 @@ class Safety:
         now = datetime.now(timezone.utc)
         until = None if seconds is None else now + timedelta(seconds=seconds)
         added = Restriction(kind, reason, until, source)
-        await sanctions.add(self.pool, user_id, kind, reason, until, source, by)
+        sanction_id = await sanctions.add(self.pool, user_id, kind, reason, until, source, by)
         await moderation_log.record(self.pool, by or AUTOMATIC, kind, user_id,
                                     f"{reason} ({until_text(added).strip()})")
-        await self.enforce(user_id, await restriction_of(self.pool, self.config, user_id, now))
+        await self.enforce(user_id, await restriction_of(self.pool, self.config, user_id, now),
+                           f"sanction {sanction_id}")
         return added
 
-    async def enforce(self, user_id: str, restriction: Restriction | None) -> None:
-        """A restriction started: end the user's live chat (their partner sees only that the
-        stranger disconnected), take them out of the queue, and tell them why."""
+    async def enforce(self, user_id: str, restriction: Restriction | None, cause: str) -> None:
+        """A restriction started (`cause`: which, once per message sent): end the user's live
+        chat (their partner sees only that the stranger disconnected), take them out of the
+        queue, and tell them why."""
         if restriction is None:
             return
         side = await conversations.live_side_of(self.pool, user_id)
         if side is not None:
             await self.pairing.end(side.conversation_id, RESTRICTED, user_id)
         await queue.dequeue(self.pool, user_id)
-        await self.pairing.notify_dm(user_id, "restricted",
-                                     f"restricted {restriction.kind} {restriction.until}",
+        await self.pairing.notify_dm(user_id, "restricted", f"restricted {cause}",
                                      **statement_values(restriction))
 
     async def enforce_server(self, server: str) -> int:
@@ -131,7 +132,8 @@ class Safety:
         affected = [r["user_id"] for r in rows if rules.server_of(r["user_id"]) == server]
         now = datetime.now(timezone.utc)
         for user_id in affected:
-            await self.enforce(user_id, await restriction_of(self.pool, self.config, user_id, now))
+            await self.enforce(user_id, await restriction_of(self.pool, self.config, user_id, now),
+                               f"server {server} {now.isoformat()}")
         return len(affected)
 
     async def consider_auto_suspension(self, user_id: str) -> bool:
