@@ -28,11 +28,9 @@ import json
 import multiprocessing as mp
 import os
 import random
-import re
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import asyncpg  # noqa: E402
 from ruamel.yaml import YAML  # noqa: E402
 
+from bridge.lab.benchdb import create_database, drop_database  # noqa: E402
 from bridge.lab.figures import percentile  # noqa: E402
 
 ADMIN_DSN = os.environ.get("STRANGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -222,27 +221,6 @@ def run(uri: str, size: int, processes: int, concurrency: int, seconds: float,
             "postgres_cpu_ms": round(sum(o["pg_cpu"] for o in outcomes) / matches * 1000, 2)}
 
 
-async def create_database() -> str:
-    name = f"stranger_matchbench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    uri = re.sub(r"/[^/]*$", f"/{name}", ADMIN_DSN)
-    from bridge.database import migrate
-    await migrate(uri)
-    return uri
-
-
-async def drop_database(uri: str) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {uri.rsplit('/', 1)[1]} WITH (FORCE)")
-    finally:
-        await admin.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -253,7 +231,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
-    uri = asyncio.run(create_database())
+    uri = asyncio.run(create_database(ADMIN_DSN, "stranger_matchbench"))
     rows = []
     try:
         print(f"{'waiting':>8} {'processes':>9} {'matches/s':>10} {'claim p50 ms':>13} "
@@ -269,7 +247,7 @@ def main() -> None:
                       f"{row['claim_p50_ms']:>13} {row['claim_p95_ms']:>13} {row['claims']:>7} "
                       f"{row['bridge_cpu_ms']:>21} {row['postgres_cpu_ms']:>9}", flush=True)
     finally:
-        asyncio.run(drop_database(uri))
+        asyncio.run(drop_database(ADMIN_DSN, uri))
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{k: row[k] for k in ("waiting", "processes", "matches_per_s",

@@ -20,7 +20,10 @@ from bridge.handler import Handler
 from bridge.intake import IntakeAppService
 from bridge.moderation.enforcement import Enforcer
 from bridge.moderation.limits import Limits
+from bridge.moderation.moderators import ModeratorCommands
 from bridge.moderation.policy_lists import PolicyLists
+from bridge.moderation.room import ModerationRoom
+from bridge.moderation.safety import Safety
 from bridge.pairing import Pairing
 from bridge.portal import Portal
 from bridge.recovery import Recovery
@@ -65,15 +68,19 @@ class StrangerBridge:
         self.portal = Portal(self.appservice, self.pool, c)
         handler_ref: list[Handler] = []
         self.pairing = Pairing(self.pool, c, self.portal,
-                               notify_dm=lambda *a: handler_ref[0].notify_dm(*a),
+                               notify_dm=lambda *a, **v: handler_ref[0].notify_dm(*a, **v),
                                background=self.background)
         self.pairing.on_change = self._conversation_changed
         self.portal.on_closed = self._forget_conversation
         limits = Limits(self.pool, c)
+        self.safety = Safety(self.pool, self.pairing)
         handler = Handler(self.appservice, self.pool, c, self.portal, self.pairing,
-                          Commands(self.pool, self.pairing, limits),
+                          Commands(self.pool, self.pairing, limits, self.safety),
                           Relayer(self.pool, c, self.portal, limits))
         handler_ref.append(handler)
+        self.moderation_room = ModerationRoom(self.appservice, self.pool, c, handler.reply)
+        self.safety.post = self.moderation_room.post
+        handler.moderators = ModeratorCommands(self.pool, self.safety)
         self.dispatcher = Dispatcher(self.pool, handler.handle)
         # Deliveries the homeserver never makes, waking up after outages, failed cleanups.
         self.recovery = Recovery(self.appservice, self.pool, c, self.portal, self.dispatcher)
@@ -106,6 +113,9 @@ class StrangerBridge:
         handler.policy = PolicyLists(self.appservice.intent, self.pool, c)
         await handler.policy.start()
         handler.enforcer = Enforcer(self.pool, c, self.pairing, handler.notify_dm)
+        # Before events are handled: they may be moderators' commands, or reports to post.
+        await self.moderation_room.start(encrypted=self.crypto is not None)
+        handler.moderation_room = self.moderation_room
         self.dispatching = True
         await self.dispatcher.kick_all_pending()
         await self.pairing.resume()
@@ -114,6 +124,7 @@ class StrangerBridge:
         self._loops = [self.background.spawn(self.pairing.run_invite_timer(), "invite timer"),
                        self.background.spawn(self.pairing.run_match_timer(), "match timer"),
                        self.background.spawn(self._prune(), "pruning"),
+                       self.background.spawn(self._purge_evidence(), "evidence purge"),
                        self.background.spawn(self.recovery.run(), "recovery")]
         # Tell the homeserver we are up, so it re-sends what failed while we were away
         # now instead of on its backoff timer (in the background: readiness must not wait
@@ -169,6 +180,17 @@ class StrangerBridge:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 log.warning("Pruning failed: %s", e)
             await asyncio.sleep(3600)
+
+    async def _purge_evidence(self) -> None:
+        """Evidence of ended chats goes once their grace period is over (unless a report
+        holds it): checked often enough that none outlives its grace by more than a minute."""
+        interval = min(60.0, max(1.0, self.config["bridge.moderation.evidence_grace"] / 2))
+        while True:
+            try:
+                await self.safety.purge_evidence()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                log.warning("Purging evidence failed: %s", e)
+            await asyncio.sleep(interval)
 
     async def stop(self) -> None:
         """Stop taking transactions, let in-flight work finish, then close."""

@@ -12,8 +12,9 @@ import asyncpg
 from bridge import messages
 from bridge.matching import policy
 from bridge.matching import queue
-from bridge.moderation.enforcement import restriction_for, statement
 from bridge.moderation.limits import Limits
+from bridge.moderation.restrictions import restriction_of
+from bridge.moderation.statement import statement_values
 from bridge.pairing import Pairing
 from bridge.portal import NEXT, RESTRICTED, STOP
 from bridge.store import conversations, users
@@ -51,22 +52,26 @@ class Commands:
     """Commands a user can send in their DM with the bot (and some in their chat room)."""
 
     # The commands that also work inside a chat room; any other !text there is chat.
-    IN_CHAT_ROOM = frozenset({"next", "stop", "help", "status"})
+    IN_CHAT_ROOM = frozenset({"next", "stop", "help", "status", "report", "block"})
     # Answered where they were sent (by the user's own room's ghost: the partner never sees
     # that room); the others' answers go to the DM.
     ANSWERED_IN_CHAT_ROOM = frozenset({"help", "status"})
 
-    def __init__(self, pool: asyncpg.Pool, pairing: Pairing, limits: Limits | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, pairing: Pairing, limits: Limits | None = None,
+                 safety=None) -> None:
         self.pool = pool
         self.pairing = pairing
         self.config = pairing.config
         self.limits = limits or Limits(pool, self.config)
+        self.safety = safety  # bridge.moderation.safety.Safety: !report and !block
         # Each takes (user_id, the command's arguments).
         self.table: dict[str, Callable[[str, str], Awaitable[str | Reply]]] = {
             "help": self.help, "agree": self.agree, "start": self.start,
             "next": self.next, "stop": self.stop, "interests": self.interests,
             "lang": self.lang, "status": self.status,
         }
+        if safety is not None:
+            self.table.update(report=self.report, block=self.block)
 
     async def run(self, user_id: str, command: Parsed) -> Reply:
         func = self.table.get(command.name)
@@ -91,10 +96,12 @@ class Commands:
 
     async def _restricted(self, user_id: str) -> Reply | None:
         """The statement of reasons for a user who may not chat now."""
-        restriction = await restriction_for(self.pool, self.config, user_id)
+        restriction = await restriction_of(self.pool, self.config, user_id,
+                                           datetime.now(timezone.utc))
         if restriction is None:
             return None
-        return Reply("restricted", statement(restriction, self.config["bridge.command_prefix"]))
+        # The statement of reasons: what, why, until when, decided how.
+        return Reply("restricted", statement_values(restriction))
 
     async def too_soon(self, user_id: str) -> Reply | None:
         """A cooldown (churn, or after a flood) keeps the user from a new partner for now.
@@ -229,3 +236,15 @@ class Commands:
         if await queue.dequeue(self.pool, user_id):
             return "stopped_waiting"
         return "nothing_to_stop"
+
+    async def report(self, user_id: str, args: str = "") -> Reply | str:
+        """`!report [reason]`, during a chat or just after it."""
+        if not await self._agreed(user_id):
+            return "must_agree"
+        return await self.safety.report(user_id, args)
+
+    async def block(self, user_id: str, args: str = "") -> Reply | str:
+        """`!block`: end the chat like !next, and never meet this stranger again."""
+        if not await self._agreed(user_id):
+            return "must_agree"
+        return await self.safety.block(user_id)

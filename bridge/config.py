@@ -63,6 +63,11 @@ class Config(BaseFileConfig):
             "bridge.media.images", "bridge.media.stickers", "bridge.media.voice",
             "bridge.media.audio", "bridge.media.video", "bridge.media.files",
             "bridge.media.max_bytes", "bridge.media.max_pixels",
+            "bridge.admins", "bridge.moderation_room",
+            "bridge.moderation.evidence_messages", "bridge.moderation.evidence_grace",
+            "bridge.moderation.auto_suspend.reporters", "bridge.moderation.auto_suspend.window",
+            "bridge.moderation.auto_suspend.duration",
+            "bridge.moderation.auto_suspend.min_share",
             "bridge.encryption.allow", "bridge.encryption.default", "bridge.encryption.require",
             "bridge.encryption.appservice", "bridge.encryption.pickle_key",
             "bridge.encryption.self_sign", "bridge.encryption.allow_key_sharing",
@@ -159,6 +164,7 @@ class Config(BaseFileConfig):
             _bool(self, f"bridge.media.{kind}")
         _int(self, "bridge.media.max_bytes", 1024, 1024 ** 3)
         _int(self, "bridge.media.max_pixels", 1, 500_000_000)
+        self._validate_moderation()
         self._validate_encryption()
         self._validate_moderation()
         if self["logging.level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -182,6 +188,30 @@ class Config(BaseFileConfig):
                               "must be at least bridge.rate_limits.churn.cooldown")
         _int(self, "bridge.links.hold_messages", 0, 10000)
         _seconds(self, "bridge.links.hold_seconds", 0, 86400)
+        admins = self["bridge.admins"]
+        if admins is None:
+            admins = self["bridge.admins"] = []
+        if not isinstance(admins, list):
+            raise ConfigError("bridge.admins", f"must be a list of Matrix user IDs, got {admins!r}")
+        for admin in admins:
+            if not isinstance(admin, str) or not re.fullmatch(r"@[^:\s]+:\S+", admin):
+                raise ConfigError("bridge.admins",
+                                  f"must hold full Matrix user IDs (@name:server), got {admin!r}")
+        room = self["bridge.moderation_room"]
+        if room not in (None, "") and not (isinstance(room, str)
+                                           and re.fullmatch(r"[!#][^:\s]+:\S+", room)):
+            raise ConfigError("bridge.moderation_room",
+                              f"must be empty or a room ID (!id:server) or alias (#name:server), "
+                              f"got {room!r}")
+        _int(self, "bridge.moderation.evidence_messages", 0, 200)
+        _seconds(self, "bridge.moderation.evidence_grace", 0, 7 * 86400)
+        _int(self, "bridge.moderation.auto_suspend.reporters", 0, 1000)
+        _seconds(self, "bridge.moderation.auto_suspend.window", 60, 365 * 86400)
+        _seconds(self, "bridge.moderation.auto_suspend.duration", 60, 365 * 86400)
+        share = self["bridge.moderation.auto_suspend.min_share"]
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise ConfigError("bridge.moderation.auto_suspend.min_share",
+                              f"must be a number from 0 to 1, got {share!r}")
 
     def _validate_encryption(self) -> None:
         for key in ("allow", "require", "appservice", "self_sign", "allow_key_sharing"):

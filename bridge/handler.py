@@ -17,7 +17,9 @@ from bridge.dispatcher import Outcome
 from bridge.encryption.crypto import Crypto, Undecryptable
 from bridge.moderation.chat_guard import ChatGuard
 from bridge.moderation.enforcement import Enforcer
+from bridge.moderation.moderators import ModeratorCommands
 from bridge.moderation.policy_lists import PolicyLists
+from bridge.moderation.room import ModerationRoom
 from bridge.pairing import Pairing
 from bridge.portal import LEFT, Portal, txn_id
 from bridge.relay.calls import GROUP_CALL_STATE_TYPES, joins_group_call
@@ -43,6 +45,9 @@ class Handler:
     # Set once started: the policy lists followed, and who stops users a rule restricts.
     policy: PolicyLists | None = None
     enforcer: Enforcer | None = None
+    # Set at start-up: the moderation room and the commands given there.
+    moderation_room: ModerationRoom | None = None
+    moderators: ModeratorCommands | None = None
 
     def __init__(self, appservice: AppService, pool: asyncpg.Pool, config: Config,
                  portal: Portal, pairing: Pairing, commands: Commands, relayer: Relayer) -> None:
@@ -63,6 +68,9 @@ class Handler:
 
     def is_ours(self, user_id: str) -> bool:
         return user_id == self.config.bot_mxid or self.config.is_ghost(user_id)
+
+    def is_moderation_room(self, room_id: str) -> bool:
+        return self.moderation_room is not None and room_id == self.moderation_room.room_id
 
     async def reply(self, room_id: str, key: str, cause: str, **values: str) -> None:
         content = TextMessageEventContent(
@@ -99,6 +107,9 @@ class Handler:
         if self.is_ours(event["sender"]) or "state_key" in event:
             return Outcome.DONE
         room_id, sender = event["room_id"], event["sender"]
+        if self.is_moderation_room(room_id):
+            await self.on_moderation_event(event)
+            return Outcome.DONE
         if await users.get_by_dm_room(self.pool, room_id, sender):
             await self.on_dm_event(event)
             return Outcome.DONE
@@ -114,6 +125,8 @@ class Handler:
         membership = event["content"].get("membership")
         room_id = event["room_id"]
         if target == self.config.bot_mxid:
+            if self.is_moderation_room(room_id):
+                return Outcome.DONE  # joined at start-up; never a DM
             if membership == "invite" and not self.is_ours(sender):
                 await self.on_bot_invited(room_id, sender, event["event_id"])
             elif membership in LEFT_MEMBERSHIPS:
@@ -246,6 +259,32 @@ class Handler:
             await self.reply(room_id, "not_a_command", event["event_id"])
             return
         reply = await self.commands.run(sender, command)
+        await self.reply(room_id, reply.key, event["event_id"],
+                         command=f"{self.prefix}{command.name}"[:50], **reply.values)
+
+    async def on_moderation_event(self, event: dict) -> None:
+        """A moderator's command (only admins' messages count; anything else said there is
+        the moderators' own talk)."""
+        sender, room_id = event["sender"], event["room_id"]
+        if self.moderators is None or not self.moderators.is_admin(sender):
+            return
+        if event["type"] == "m.room.encrypted" and self.crypto:
+            try:
+                decrypted = await self.crypto.decrypt(event)
+            except Undecryptable as e:
+                log.warning("Cannot decrypt %s in the moderation room: %s", event["event_id"], e)
+                decrypted = None
+            if decrypted is None:
+                await self.reply(room_id, "dm_undecryptable", event["event_id"])
+                return
+            event = decrypted
+        if event["type"] != "m.room.message":
+            return
+        body = event["content"].get("body")
+        command = parse(body, self.prefix) if isinstance(body, str) else None
+        if command is None:
+            return
+        reply = await self.moderators.run(sender, command)
         await self.reply(room_id, reply.key, event["event_id"],
                          command=f"{self.prefix}{command.name}"[:50], **reply.values)
 

@@ -28,6 +28,10 @@ ENGLISH: dict[str, str] = {
         "{prefix}status: whether you are waiting or chatting, and how many people are now\n"
         "{prefix}next: end the current chat and find someone new\n"
         "{prefix}stop: end the current chat and stop looking\n"
+        "{prefix}report [reason]: report the stranger to the moderators (in the chat, or just "
+        "after it); the chat ends, and the stranger is not told who reported them\n"
+        "{prefix}block: end the chat and never be paired with this stranger again (in the "
+        "chat, or just after it)\n"
         "{prefix}help: this list\n\n"
         "In a chat room, leaving the room ends the chat and finds you someone new."
     ),
@@ -176,16 +180,96 @@ ENGLISH: dict[str, str] = {
         "Encrypted messages can't be relayed yet, so this one was not delivered. "
         "Please use a room without encryption."
     ),
-    # -- restrictions (a statement of reasons: what, why, until when) -----------------------
-    "restricted": "You can't chat here right now. {what}{reason}\n{until}",
-    "restricted_chat_ended": "Your chat was ended. {what}{reason}\n{until}",
-    "restriction_banned": "Your account is banned from this bridge.",
-    "restriction_server_banned": "Your homeserver is banned from this bridge.",
-    "restriction_server_not_allowed": "This bridge is not open to users of your homeserver.",
-    "restriction_suspended": "Your account is suspended.",
-    "restriction_reason": " Reason: {reason}",
-    "restriction_until": "This lasts until {until} (UTC).",
-    "restriction_forever": "This has no end date.",
+    # -- safety: reports, blocks, restrictions (what users are told) --
+    "report_received": (
+        "Thanks, your report was received and the moderators will look at it. The chat has "
+        "ended; the stranger is not told who reported them. Send {prefix}start to meet "
+        "someone new."
+    ),
+    "report_already": "You have already reported this stranger; the moderators have it.",
+    "report_nothing": (
+        "There is no chat to report: {prefix}report works during a chat or just after it."
+    ),
+    "blocked_requeued": (
+        "Blocked: you will never be paired with that stranger again. Looking for a new "
+        "stranger…"
+    ),
+    "blocked": "Blocked: you will never be paired with that stranger again.",
+    "block_nothing": (
+        "There is no chat to block: {prefix}block works during a chat or just after it."
+    ),
+    "restricted": (
+        "You can't chat here: {what}{until}.\nReason: {reason}\n{source}\nIf you think this "
+        "is wrong, you can ask the operator of this bridge to review it."
+    ),
+    "restriction_suspended": "your account is suspended",
+    "restriction_banned": "your account is banned",
+    "restriction_server_banned": "your homeserver is banned from this bridge",
+    "restriction_server_not_allowed": "your homeserver is not allowed on this bridge",
+    "restriction_by_moderator": "This was decided by a moderator.",
+    "restriction_by_automatic": (
+        "This was decided automatically, after several users reported you; a moderator will "
+        "review it."
+    ),
+    "restriction_by_policy_list": "This follows a ban list this bridge subscribes to.",
+    "restriction_by_config": "This is a setting of this bridge.",
+    "until_forever": " permanently",
+    "until_time": " until {time}",
+    "no_reason_given": "(no reason given)",
+    "auto_suspension_reason": "several users reported you within a short time",
+    # -- the moderation room (moderators see real Matrix IDs: they are the operator's staff) --
+    "mod_report": (
+        "Report #{id}: {reporter} reported {reported}.\nReason: {reason}\n"
+        "The reported user's last {count} messages in that chat:\n{evidence}\n"
+        "Act with {prefix}ban {reported} [duration] <reason>, {prefix}suspend {reported} "
+        "<duration> <reason>, or {prefix}dismiss {id}."
+    ),
+    "mod_auto_suspended": (
+        "{user} is suspended automatically{until}, pending review: reported by {reporters} "
+        "users recently (weight {weight}). Lift it with {prefix}unban {user}."
+    ),
+    "mod_help": (
+        "Moderator commands (here only, from admins only):\n"
+        "{prefix}reports: the open reports\n"
+        "{prefix}dismiss <id> [reason]: close a report without action\n"
+        "{prefix}ban <user> [duration|forever] <reason>: ban a user (for ever unless a "
+        "duration like 30m, 12h, 7d, 2w is given)\n"
+        "{prefix}suspend <user> <duration> <reason>: suspend a user for a while\n"
+        "{prefix}unban <user> [reason]: lift a user's ban or suspension\n"
+        "{prefix}banserver <server> <reason>: ban every user of a homeserver\n"
+        "{prefix}unbanserver <server> [reason]: lift it\n"
+        "{prefix}counts: waiting, chatting, open reports, bans\n"
+        "Every action is recorded with who, when and why."
+    ),
+    "mod_unknown_command": "Unknown moderator command {command}. Send {prefix}help.",
+    "mod_reports": "Open reports ({count}):\n{lines}",
+    "mod_report_line": "#{id} {age} ago: {reporter} reported {reported}: {reason}",
+    "mod_no_reports": "No open reports.",
+    "mod_dismissed": "Report #{id} dismissed.",
+    "mod_no_such_report": "There is no open report #{id}.",
+    "mod_banned": "{user} is banned{until}. Reason: {reason}",
+    "mod_suspended": "{user} is suspended{until}. Reason: {reason}",
+    "mod_unbanned": "{user}'s restrictions are lifted.",
+    "mod_not_restricted": "{user} has no ban or suspension to lift.",
+    "mod_server_banned": (
+        "{server} is banned: {reason} ({affected} of its users were chatting or waiting)."
+    ),
+    "mod_server_unbanned": "{server} is no longer banned.",
+    "mod_server_not_banned": "{server} was not banned.",
+    "mod_counts": (
+        "Waiting: {waiting}. Chatting: {chatting} people in {conversations} chats. Open "
+        "reports: {reports}. Users banned or suspended: {restricted}. Servers banned: {servers}."
+    ),
+    "mod_usage": "Usage: {usage}",
+    "mod_reason_needed": "Please give a reason: it is recorded, and the user is told it.",
+    "mod_bad_duration": "{duration} is not a duration: use e.g. 30m, 12h, 7d, 2w or forever.",
+    "mod_bad_user": "{user} is not a Matrix user ID (@name:server).",
+    "mod_bad_server": "{server} is not a server name.",
+    "mod_not_admin_target": "{user} is an admin of this bridge and cannot be restricted here.",
+    "restricted_chat_ended": (
+        "Your chat was ended: {what}{until}.\nReason: {reason}\n{source}\nIf you think this "
+        "is wrong, you can ask the operator of this bridge to review it."
+    ),
     # -- rate limits --------------------------------------------------------------------------
     "too_fast": (
         "You're looking for new strangers too fast. You can start again in {wait}."

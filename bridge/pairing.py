@@ -14,8 +14,8 @@ from bridge.config import Config
 from bridge.dispatcher import is_transient
 from bridge.matching import queue
 from bridge.matching.matchmaker import Matchmaker
-from bridge.portal import (FLOODED, INVITE_FAILED, INVITE_TIMEOUT, LEFT, NEXT, RESTRICTED, STOP,
-                           Portal)
+from bridge.portal import (BLOCKED, FLOODED, INVITE_FAILED, INVITE_TIMEOUT, LEFT, NEXT, REPORTED,
+                           RESTRICTED, STOP, Portal)
 from bridge.store import conversations, recent_pairs
 from bridge.store.conversations import Conversation
 
@@ -27,7 +27,7 @@ Notify = Callable[[str, str, str], Awaitable[None]]  # (user_id, message key, ca
 # user could see it: the leave carries their homeserver's clock, the goodbye ours.
 CLOCK_SKEW_ALLOWANCE = timedelta(seconds=2)
 # Endings of the partner's doing; the other side was not queued again by them.
-PARTNER_ENDINGS = frozenset({LEFT, NEXT, STOP, RESTRICTED, FLOODED})
+PARTNER_ENDINGS = frozenset({LEFT, NEXT, STOP, REPORTED, BLOCKED, RESTRICTED, FLOODED})
 
 
 def left_to_rematch(conv: Conversation, user_id: str, left_at: datetime) -> bool:

@@ -32,8 +32,9 @@ log = logging.getLogger("bridge.portal")
 # Reasons a conversation ends, as stored in conversations.end_reason.
 LEFT, NEXT, STOP, INVITE_TIMEOUT, INVITE_FAILED = (
     "left", "next", "stop", "invite_timeout", "invite_failed")
-# ...and those safety imposes: a restriction (ban, policy list, server list), a flood.
-RESTRICTED, FLOODED = "restricted", "flooded"
+# ...and those safety imposes: the user's !report or !block, a restriction (ban, policy
+# list, server list), a flood. The partner sees only "Stranger has disconnected.".
+REPORTED, BLOCKED, RESTRICTED, FLOODED = "reported", "blocked", "restricted", "flooded"
 
 
 # Synapse's default power needed per state event (createRoom's override replaces the whole
@@ -289,7 +290,8 @@ class Portal:
             if side.joined_at is None:
                 # Take back an invite nobody accepted, so it doesn't linger in their client.
                 await ghost.kick_user(side.room_id, side.user_id, reason="The invite expired")
-            elif conv.ended_by == side.user_id and conv.end_reason in (NEXT, STOP):
+            elif conv.ended_by == side.user_id and conv.end_reason in (NEXT, STOP, REPORTED,
+                                                                       BLOCKED):
                 await self.notice(ghost, side.room_id, "you_left", cause=conv.id)
             elif conv.ended_by == partner.user_id:
                 await self.notice(ghost, side.room_id, "partner_left", cause=conv.id)

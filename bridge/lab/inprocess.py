@@ -62,6 +62,11 @@ class InProcessBridge:
         a, b = self.user(first), self.user(second)
         await a.ready()
         await b.ready()
+        await self.pair_users(a, b)
+        return a, b
+
+    async def pair_users(self, a: "SimUser", b: "SimUser") -> None:
+        """Two ready users start (a first), accept, and see their chat open."""
         mark = self.hs.mark()
         await a.command("!start", "Looking")
         await b.command("!start", "Looking")
@@ -69,7 +74,6 @@ class InProcessBridge:
         await b.accept(mark)
         await a.wait_opened(mark)
         await b.wait_opened(mark)
-        return a, b
 
     def is_ghost(self, user_id: str) -> bool:
         return self.config.is_ghost(user_id)

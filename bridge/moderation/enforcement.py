@@ -1,8 +1,6 @@
-"""Applying restrictions: whether a user may chat at all, and stopping those a new rule
-restricts (their live chat ends, they leave the queue, their DM says why).
-
-restriction_for() is the one place that asks "is this user restricted?" on this branch; at
-merge it becomes the combined check (moderation's restriction_of with these sources)."""
+"""Stopping those a new policy rule (or, at start-up, any source) restricts: their live chat
+ends, they leave the queue, their DM says why. Whether a user is restricted at all is
+restrictions.restriction_of, every source combined."""
 from __future__ import annotations
 
 import logging
@@ -11,38 +9,15 @@ from typing import Awaitable, Callable
 
 import asyncpg
 
-from bridge import messages
 from bridge.matching import queue
-from bridge.moderation.policy_lists import Rule, policy_restriction
-from bridge.moderation.restriction import Restriction, strictest
-from bridge.moderation.servers import ServerLists, server_restriction
+from bridge.moderation.policy_lists import Rule
+from bridge.moderation.restriction import Restriction
+from bridge.moderation.restrictions import restriction_of
+from bridge.moderation.statement import statement_values
 from bridge.portal import RESTRICTED
 from bridge.store import conversations
 
 log = logging.getLogger("bridge.moderation")
-
-# conversations.end_reason of a chat ended because a user became restricted.
-
-
-async def restriction_for(db, config, user_id: str,
-                          now: datetime | None = None) -> Restriction | None:
-    """What keeps this user from the bridge now, if anything: the config's server lists and
-    the policy lists followed."""
-    now = now or datetime.now(timezone.utc)
-    return strictest([server_restriction(ServerLists.from_config(config), user_id),
-                      await policy_restriction(db, config, user_id)], now)
-
-
-def statement(restriction: Restriction, prefix: str) -> dict[str, str]:
-    """The values of the `restricted` messages: what, why (when a reason was given), until."""
-    def text(key: str, **values: str) -> str:
-        return messages.text(key, prefix=prefix, **values)
-    until = (text("restriction_forever") if restriction.until is None else
-             text("restriction_until",
-                  until=restriction.until.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")))
-    reason = text("restriction_reason", reason=restriction.reason) if restriction.reason else ""
-    return {"what": text(f"restriction_{restriction.kind}"), "reason": reason, "until": until}
-
 
 Notify = Callable[..., Awaitable[None]]  # (user_id, message key, cause, **values)
 
@@ -73,7 +48,7 @@ class Enforcer:
             log.info("Stopped a restricted user (%s, %s)", restriction.kind, restriction.source)
             key = "restricted_chat_ended" if side is not None else "restricted"
             await self.notify_dm(user_id, key, f"restricted {cause}",
-                                 **statement(restriction, self.config["bridge.command_prefix"]))
+                                 **statement_values(restriction))
         return stopped
 
     async def after_rule(self, rule: Rule) -> list[str]:
@@ -91,7 +66,7 @@ class Enforcer:
         stopped = []
         now = datetime.now(timezone.utc)
         for user_id in await self.active_users():
-            restriction = await restriction_for(self.pool, self.config, user_id, now)
+            restriction = await restriction_of(self.pool, self.config, user_id, now)
             if restriction is not None and await self.stop(user_id, restriction,
                                                            f"start {now.isoformat()}"):
                 stopped.append(user_id)

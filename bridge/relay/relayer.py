@@ -2,7 +2,8 @@
 
 Every event passes through sanitise() (the anonymity boundary); what comes out is sent
 with a transaction ID derived from the source event, and the pair of event IDs is recorded
-so replies and edits can be mapped, and so a repeated event is never relayed twice.
+so replies and edits can be mapped, and so a repeated event is never relayed twice. The
+sanitised body also goes into the side's bounded evidence buffer (bridge/store/evidence.py).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from bridge.portal import Portal, txn_id
 from bridge.relay.calls import GROUP_CALL_NOTIFY_TYPES, ids_of, is_call_event, sanitise_call
 from bridge.relay.sanitise import Refused, redacted_event_id, sanitise
 from bridge.store import calls as call_ids
-from bridge.store import relayed
+from bridge.store import evidence, relayed
 from bridge.store.conversations import Conversation, Side
 
 log = logging.getLogger("bridge.relay")
@@ -95,6 +96,11 @@ class Relayer:
             txn_id("relay", event["event_id"]))
         await relayed.record(self.pool, event["event_id"], conv.id, partner.room_id,
                              target_event_id)
+        keep = self.config["bridge.moderation.evidence_messages"]
+        body = result.get("body")
+        if keep and isinstance(body, str):
+            # The rolling evidence buffer (what was relayed, sanitised): a report's evidence.
+            await evidence.append(self.pool, conv.id, side.side, body, keep)
 
     async def _redact(self, conv: Conversation, side: Side, event: dict) -> None:
         """The user took back one of their relayed messages or reactions: the ghost takes

@@ -261,3 +261,12 @@ async def live_user_ids(db) -> list[str]:
     """Everyone in a conversation not ended yet (rooms made or not)."""
     return [r["user_id"] for r in await db.fetch(
         "SELECT user_id FROM conversation_sides WHERE live")]
+
+
+async def count_since(db, user_id: str, seconds: float) -> int:
+    """Conversations the user was matched into within the last `seconds`."""
+    return await db.fetchval(
+        """SELECT count(*) FROM conversation_sides s JOIN conversations c
+             ON c.id = s.conversation_id
+           WHERE s.user_id = $1 AND c.created_at > now() - make_interval(secs => $2)""",
+        user_id, float(seconds))

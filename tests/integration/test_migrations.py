@@ -16,7 +16,8 @@ from bridge.database import (DatabaseError, _alembic_config, current_revision, h
 ADMIN_DSN = os.environ.get("STRANGER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLES = {"users", "waiting", "conversations", "conversation_sides", "inbox", "relayed",
           "waiting_keys", "recent_pairs", "call_ids", "policy_rooms", "policy_rules",
-          "start_limits"}
+          "start_limits", "evidence", "reports", "sanctions", "server_bans", "moderation_log",
+          "bridge_state"}
 
 
 @pytest.fixture

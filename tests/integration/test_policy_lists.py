@@ -3,13 +3,16 @@ types), the restriction they put on users, and what happens to a user a new rule
 their chat ends as after a leave, they leave the queue, !start and !next say why."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 
 import pytest
 
 from bridge import messages
 from bridge.matching import queue
 from bridge.moderation import policy_lists
-from bridge.moderation.enforcement import Enforcer, restriction_for
+from bridge.moderation.enforcement import Enforcer
+from bridge.moderation.restrictions import restriction_of
 from bridge.moderation.policy_lists import apply_state, lift_redacted, policy_restriction
 from bridge.portal import RESTRICTED
 from bridge.store import conversations
@@ -117,13 +120,13 @@ async def test_reading_a_room_again_replaces_its_rules(pool, config, policy_room
 
 async def test_config_server_lists_restrict_too(pool, config):
     config["bridge.denied_servers"] = ["bad.example"]
-    restriction = await restriction_for(pool, config, "@x:bad.example")
+    restriction = await restriction_of(pool, config, "@x:bad.example", datetime.now(timezone.utc))
     assert (restriction.kind, restriction.source) == ("server_not_allowed", "config")
-    assert await restriction_for(pool, config, "@x:good.example") is None
+    assert await restriction_of(pool, config, "@x:good.example", datetime.now(timezone.utc)) is None
     config["bridge.denied_servers"] = []
     config["bridge.allowed_servers"] = ["adults.example"]
-    assert await restriction_for(pool, config, "@x:good.example") is not None
-    assert await restriction_for(pool, config, "@x:adults.example:8448") is None
+    assert await restriction_of(pool, config, "@x:good.example", datetime.now(timezone.utc)) is not None
+    assert await restriction_of(pool, config, "@x:adults.example:8448", datetime.now(timezone.utc)) is None
 
 
 # -- stopping restricted users ------------------------------------------------------------------
