@@ -157,7 +157,8 @@ async def test_a_new_server_rule_ends_live_chats_and_empties_the_queue(pool, wor
     assert not await queue.is_waiting(pool, cat) and not await queue.is_waiting(pool, ann)
     assert [(u, k) for u, k, _ in told] == [(bob, "restricted_chat_ended"), (cat, "restricted")]
     text = messages.text("restricted", prefix="!", **told[1][2])
-    assert "Your homeserver is banned" in text and "no minors" in text and "no end date" in text
+    assert "your homeserver is banned" in text and "no minors" in text and "permanently" in text
+    assert "follows a ban list" in text
     assert all(ann != u for u, _, _ in told)
 
 
@@ -169,8 +170,10 @@ async def test_start_and_next_are_refused_with_the_reasons_until_lifted(pool, wo
     for command in ("!start", "!next", "!start cinema"):
         key, text, _ = await say(commands, bob, command)
         assert key == "restricted"
-        assert text == ("You can't chat here right now. Your account is banned from this "
-                        "bridge. Reason: harassment\nThis has no end date.")
+        assert text == ("You can't chat here: your account is banned permanently.\n"
+                        "Reason: harassment\nThis follows a ban list this bridge subscribes to.\n"
+                        "If you think this is wrong, you can ask the operator of this bridge to "
+                        "review it.")
     assert not await queue.is_waiting(pool, bob)
     await apply_state(pool, rule_event("user", None, key="k", event_id="$lift"))
     assert (await say(commands, bob, "!start"))[0] == "queued"
@@ -199,4 +202,5 @@ async def test_enforce_all_stops_whoever_the_current_rules_restrict(pool, world,
     assert await enforcer.enforce_all() == [bob]
     assert not await queue.is_waiting(pool, bob)
     assert told[0][1] == "restricted"
-    assert "not open to users of your homeserver" in messages.text("restricted", **told[0][2])
+    assert "your homeserver is not allowed on this bridge" in messages.text("restricted",
+                                                                           **told[0][2])
