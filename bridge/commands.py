@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
@@ -17,35 +16,13 @@ from bridge.moderation.restrictions import restriction_of
 from bridge.moderation.statement import statement_values
 from bridge.pairing import Pairing
 from bridge.portal import NEXT, RESTRICTED, STOP
+from bridge.replies import Parsed, Reply
 from bridge.store import conversations, users
 
 log = logging.getLogger("bridge.commands")
 
 # `!interests clear`, `!lang clear` (and these synonyms) forget the preference.
 CLEAR_WORDS = frozenset({"clear", "none", "off", "any", "-"})
-
-
-@dataclass(frozen=True)
-class Reply:
-    key: str  # a bridge.messages key
-    values: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Parsed:
-    name: str  # lower-case, without the prefix
-    args: str
-
-
-def parse(body: str, prefix: str) -> Parsed | None:
-    """'!Start cinema, jazz' -> Parsed('start', 'cinema, jazz'); None when not a command."""
-    if not body.startswith(prefix):
-        return None
-    # Any whitespace ends the name: clients may put a newline or tab after it.
-    head, args = (body[len(prefix):].split(maxsplit=1) + ["", ""])[:2]
-    if not head:
-        return None
-    return Parsed(head.lower(), args.strip())
 
 
 class Commands:

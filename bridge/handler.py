@@ -11,10 +11,11 @@ from mautrix.errors import MatrixRequestError, MNotFound
 from mautrix.types import EventType, MessageType, TextMessageEventContent
 
 from bridge import messages
-from bridge.commands import Commands, parse
+from bridge.commands import Commands
 from bridge.config import Config
 from bridge.dispatcher import Outcome
 from bridge.encryption.crypto import Crypto, Undecryptable
+from bridge.group_calls import GROUP_CALL_STATE_TYPES
 from bridge.moderation.chat_guard import ChatGuard
 from bridge.moderation.enforcement import Enforcer
 from bridge.moderation.moderators import ModeratorCommands
@@ -22,8 +23,9 @@ from bridge.moderation.policy_lists import PolicyLists
 from bridge.moderation.room import ModerationRoom
 from bridge.pairing import Pairing
 from bridge.portal import LEFT, Portal, txn_id
-from bridge.relay.calls import GROUP_CALL_STATE_TYPES, joins_group_call
+from bridge.relay.calls import joins_group_call
 from bridge.relay.relayer import Relayer
+from bridge.replies import parse
 from bridge.store import conversations, users
 from bridge.store.conversations import Side
 

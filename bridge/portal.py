@@ -22,7 +22,7 @@ from bridge import messages
 from bridge.config import Config
 from bridge.encryption.crypto import Crypto
 from bridge.encryption.ghost_devices import GhostDevices
-from bridge.relay.calls import GROUP_CALL_STATE_TYPES
+from bridge.group_calls import GROUP_CALL_STATE_TYPES
 from bridge.store import calls as call_ids
 from bridge.store import conversations, users
 from bridge.store.conversations import Conversation, Side

@@ -320,6 +320,10 @@ class LabClient:
         """Every raw event dict received for *room_id*, in any section, in arrival order."""
         return [s.source for s in self.log if s.room_id == room_id]
 
+    def decrypted_events_in(self, room_id: str) -> list[dict[str, Any]]:
+        """The decrypted form of every encrypted event received for *room_id*."""
+        return [s.decrypted for s in self.log if s.room_id == room_id and s.decrypted]
+
     def received(self) -> list[Received]:
         """Everything this client received since it logged in, kept after it closes: every
         response body whole, then every room event as decrypted (decrypted to-device

@@ -15,7 +15,7 @@ from bridge.media import transfer
 from bridge.media.clean import CleanImage, Unclean, clean_image, thumbnail
 from bridge.media.kinds import Attachment, Thumbnail, kind_of, neutral_filename, neutral_mimetype
 from bridge.portal import Portal
-from bridge.relay.sanitise import Refused
+from bridge.refused import Refused
 from bridge.store.conversations import Side
 
 log = logging.getLogger("bridge.media")

@@ -7,13 +7,14 @@ from datetime import datetime, timezone
 import asyncpg
 
 from bridge import messages
-from bridge.commands import Parsed, Reply
 from bridge.matching import queue
 from bridge.moderation import rules
+from bridge.moderation import moderation_log, reports, sanctions, server_bans
 from bridge.moderation.rules import ModerationInputError
 from bridge.moderation.safety import Safety
 from bridge.moderation.statement import until_text
-from bridge.store import conversations, moderation_log, reports, sanctions, server_bans
+from bridge.replies import Parsed, Reply
+from bridge.store import conversations
 
 LISTED_REPORTS = 20
 

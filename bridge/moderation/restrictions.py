@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from bridge.config import Config
+from bridge.moderation import sanctions, server_bans
 from bridge.moderation.policy_lists import policy_restriction
 from bridge.moderation.restriction import Restriction, strictest
 from bridge.moderation.rules import server_of
 from bridge.moderation.servers import ServerLists, server_restriction
-from bridge.store import sanctions, server_bans
 
 
 async def restriction_of(db, config: Config, user_id: str, now: datetime) -> Restriction | None:

@@ -10,15 +10,16 @@ from typing import Awaitable, Callable
 import asyncpg
 
 from bridge import messages
-from bridge.commands import Reply
 from bridge.matching import queue
 from bridge.moderation import rules
+from bridge.moderation import evidence, moderation_log, reports, sanctions
 from bridge.moderation.restriction import Restriction
 from bridge.moderation.restrictions import restriction_of
 from bridge.moderation.statement import statement_values, until_text
 from bridge.pairing import Pairing
 from bridge.portal import BLOCKED, REPORTED, RESTRICTED
-from bridge.store import conversations, evidence, moderation_log, recent_pairs, reports, sanctions
+from bridge.replies import Reply
+from bridge.store import conversations, recent_pairs
 from bridge.store.conversations import Conversation, Side
 
 log = logging.getLogger("bridge.moderation")

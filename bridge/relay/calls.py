@@ -20,20 +20,16 @@ server's relay addresses cross. Pure: no I/O.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
-from bridge.relay.sanitise import Refused
+from bridge.group_calls import GROUP_CALL_NOTIFY_TYPES
+from bridge.refused import Refused
+from bridge.store.calls import CallIds
 
 CALL_EVENT_TYPES = frozenset({
     "m.call.invite", "m.call.candidates", "m.call.answer", "m.call.select_answer",
     "m.call.negotiate", "m.call.reject", "m.call.hangup", "m.call.sdp_stream_metadata_changed",
 })
 # Element Call / MatrixRTC (Element X): group calls through an SFU, nothing 1:1 to relay.
-GROUP_CALL_STATE_TYPES = frozenset({"m.rtc.member", "org.matrix.msc3401.call.member"})
-GROUP_CALL_NOTIFY_TYPES = frozenset({
-    "m.call.notify", "org.matrix.msc4075.call.notify", "m.rtc.notification",
-    "org.matrix.msc4075.rtc.notification",
-})
 
 MAX_SDP_BYTES = 60000  # an event is at most 64 KiB
 MAX_CANDIDATES = 200
@@ -44,14 +40,6 @@ _STREAM_ID = re.compile(r"[A-Za-z0-9{}_.\-]{1,128}")
 _STREAM_PURPOSES = ("m.usermedia", "m.screenshare")
 _UFRAG = re.compile(r"[A-Za-z0-9+/]{1,256}")
 _CAPABILITIES = ("m.call.transferee", "m.call.dtmf")
-
-
-@dataclass(frozen=True)
-class CallIds:
-    """The IDs as the receiving side must see them (None: absent, or cannot be mapped)."""
-    call_id: str | None = None
-    party_id: str | None = None
-    selected_party_id: str | None = None
 
 
 class _Refuse(Exception):

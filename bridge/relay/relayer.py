@@ -3,7 +3,7 @@
 Every event passes through sanitise() (the anonymity boundary); what comes out is sent
 with a transaction ID derived from the source event, and the pair of event IDs is recorded
 so replies and edits can be mapped, and so a repeated event is never relayed twice. The
-sanitised body also goes into the side's bounded evidence buffer (bridge/store/evidence.py).
+sanitised body also goes into the side's bounded evidence buffer (bridge/moderation/evidence.py).
 """
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ import logging
 import asyncpg
 
 from bridge.config import Config
+from bridge.group_calls import GROUP_CALL_NOTIFY_TYPES
 from bridge.media.copier import MediaCopier
 from bridge.media.kinds import kind_of
+from bridge.moderation import evidence
 from bridge.moderation.chat_guard import links_allowed_after
 from bridge.moderation.limits import Limits
 from bridge.moderation.ratelimit import has_link
 from bridge.portal import Portal, txn_id
-from bridge.relay.calls import GROUP_CALL_NOTIFY_TYPES, ids_of, is_call_event, sanitise_call
+from bridge.relay.calls import ids_of, is_call_event, sanitise_call
 from bridge.relay.sanitise import Refused, redacted_event_id, sanitise
 from bridge.store import calls as call_ids
-from bridge.store import evidence, relayed
+from bridge.store import relayed
 from bridge.store.conversations import Conversation, Side
 
 log = logging.getLogger("bridge.relay")

@@ -10,13 +10,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bridge.media.kinds import VOICE_MARKER, Attachment
+from bridge.refused import Refused
 from bridge.relay.html import HTML_FORMAT, clean_html, scrub_names
-
-
-@dataclass(frozen=True)
-class Refused:
-    reason: str  # message key ("unsupported_msgtype", "too_long", "malformed", ...)
-    detail: str = ""  # for logs; fixed strings only, never message text or client-set values
 
 
 class _Refuse(Exception):

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import secrets
 import string
+from dataclasses import dataclass
 
-from bridge.relay.calls import CallIds
+
+@dataclass(frozen=True)
+class CallIds:
+    """The IDs as the receiving side must see them (None: absent, or cannot be mapped)."""
+    call_id: str | None = None
+    party_id: str | None = None
+    selected_party_id: str | None = None
+
 
 _ALPHABET = string.ascii_uppercase + string.digits
 

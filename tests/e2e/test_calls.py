@@ -203,7 +203,7 @@ def assert_nothing_identifying(lab: BridgedLab, viewer: LabClient, room: str, se
                                sender_room: str, call_id: str) -> None:
     received = [s.decrypted or s.source for s in viewer.log
                 if s.room_id == room and s.sender != viewer.user_id]
-    assert leaks(received, sender, allowed_server=lab.bridge_domain) == []
+    assert leaks(received, sender, allowed_servers={lab.bridge_domain}) == []
     text = json.dumps(received)
     assert sender.user.device_id not in text, "the sender's device ID (party_id) crossed"
     assert call_id not in text, "the sender's own call ID crossed"

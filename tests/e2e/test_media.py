@@ -65,7 +65,7 @@ def room_leaks(bridged: BridgedLab, viewer: LabClient, room_id: str, sender: Lab
     """The anonymity scan over everything the viewer received in the room (raw and
     decrypted), plus the sender's media IDs, event IDs and file names."""
     events = viewer.events_in(room_id) + viewer.decrypted_events_in(room_id)
-    found = leaks(events, sender, allowed_server=bridged.bridge_domain)
+    found = leaks(events, sender, allowed_servers={bridged.bridge_domain})
     text = json.dumps(events)
     return found + [value for value in forbidden if value in text]
 

@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from bridge.lab.bridged import BridgedLab
 from bridge.lab.client import LabClient
-from tests.e2e.anonymity import leaks
+from tests.e2e.anonymity import leaks_to
 
 pytestmark = pytest.mark.e2e
 
@@ -93,7 +93,7 @@ async def test_report_reaches_moderators_and_a_ban_gets_the_statement_of_reasons
     # Bob sees what a leave shows; nothing of the report, and nothing that names Alice.
     await disconnected(bob, bob_room, bob_mark)
     assert not [b for b in bodies_from_others(bob) if "report" in b.lower()]
-    assert leaks(bob.all_events(), alice, allowed_server=bridged.bridge_domain) == []
+    assert leaks_to(bob, alice, bridged.bridge_domain) == []
     assert "!report" not in bodies_from_others(bob)
 
     answer = await moderator_says(bridged, moderator, mod_room,
@@ -123,7 +123,7 @@ async def test_blocked_pairs_are_never_paired_again(bridged: BridgedLab, moderat
                                since=alice_mark, description="blocked")
     await disconnected(bob, bob_room, bob_mark)
     assert not [b for b in bodies_from_others(bob) if "block" in b.lower()]
-    assert leaks(bob.all_events(), alice, allowed_server=bridged.bridge_domain) == []
+    assert leaks_to(bob, alice, bridged.bridge_domain) == []
 
     # Alice is queued again; Bob too: the bridge pairs a waiter at once when it can, so
     # his "Looking" answer means it found no one for him.

@@ -5,8 +5,8 @@ import asyncio
 
 import asyncpg
 
-from bridge.relay.calls import CallIds
 from bridge.store import calls
+from bridge.store.calls import CallIds
 from tests.integration.test_store import make_users, new_conversation
 
 A, B, C, D = "@alice:a.example", "@bob:b.example", "@carol:c.example", "@dan:d.example"

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from bridge.lab.inprocess import SERVER_NAME, existing_keys, start_inprocess_bridge
-from bridge.store import bridge_state, evidence, moderation_log, reports
+from bridge.moderation import evidence, moderation_log, reports
+from bridge.store import bridge_state
 
 pytestmark = pytest.mark.filterwarnings("ignore:loop argument is deprecated:DeprecationWarning")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 
+from bridge.moderation import evidence, reports, sanctions, server_bans
 from bridge.moderation.restrictions import restriction_of
-from bridge.store import conversations, evidence, reports, sanctions, server_bans
+from bridge.store import conversations
 from tests.integration.test_pairing import config, new_users  # noqa: F401 (fixture)
 
 

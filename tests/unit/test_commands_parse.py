@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.commands import Parsed, parse
+from bridge.replies import Parsed, parse
 
 
 @pytest.mark.parametrize("body, prefix, expected", [

@@ -1,0 +1,28 @@
+"""What a command is (parsed from a message) and what answers it (a message key and its
+values): shared by the bot's commands and the moderators'. Pure."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Reply:
+    key: str  # a bridge.messages key
+    values: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    name: str  # lower-case, without the prefix
+    args: str
+
+
+def parse(body: str, prefix: str) -> Parsed | None:
+    """'!Start cinema, jazz' -> Parsed('start', 'cinema, jazz'); None when not a command."""
+    if not body.startswith(prefix):
+        return None
+    # Any whitespace ends the name: clients may put a newline or tab after it.
+    head, args = (body[len(prefix):].split(maxsplit=1) + ["", ""])[:2]
+    if not head:
+        return None
+    return Parsed(head.lower(), args.strip())
