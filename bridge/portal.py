@@ -213,7 +213,7 @@ class Portal:
                 "initial_state": initial_state,
                 # The user may turn encryption on later (their client offers it in a DM), and
                 # may start an Element Call: it is not relayed, but they are told so (calls.py).
-                "power_level_override": {"events": {
+                "power_level_content_override": {"events": {
                     **DEFAULT_EVENT_POWER, "m.room.encryption": 0,
                     **{t: 0 for t in GROUP_CALL_STATE_TYPES}}},
             }, retry_count=0)
