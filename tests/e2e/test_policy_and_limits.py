@@ -102,7 +102,7 @@ async def test_a_server_ban_ends_chats_refuses_start_and_lifting_lets_back(bridg
 
     # bob's chat ended: alice sees only the usual disconnect; bob and carol are told why.
     await ghost_says(alice, alice_room, "Stranger has disconnected.", marks[0])
-    ended = await bot_says(bridged, bob, bob_dm, "Your chat was ended.", marks[1])
+    ended = await bot_says(bridged, bob, bob_dm, "Your chat was ended:", marks[1])
     assert "your homeserver is banned" in ended.body and "testing a server ban" in ended.body
     await bot_says(bridged, carol, carol_dm, "your homeserver is banned", marks[2])
     await bob.wait_for_event(lambda s: s.room_id == bob_room and s.membership == "leave"
