@@ -35,7 +35,8 @@ def kind_of(event_type: object, content: object) -> str | None:
     relates = content.get("m.relates_to")
     if isinstance(relates, dict) and relates.get("rel_type") == "m.replace":
         return None  # edits carry no new media here; sanitise refuses media edits
-    kind = _KIND_OF_MSGTYPE.get(content.get("msgtype"))  # type: ignore[arg-type]
+    msgtype = content.get("msgtype")
+    kind = _KIND_OF_MSGTYPE.get(msgtype) if isinstance(msgtype, str) else None
     if kind == "audio" and isinstance(content.get(VOICE_MARKER), dict):
         return "voice"
     return kind

@@ -185,3 +185,9 @@ def test_no_sender_field_crosses_in_media(extra, msgtype):
         text = text.replace(json.dumps(out.get("formatted_body", ""))[1:-1], "")
     for value in SENDER.values():
         assert value not in text, (value, out)
+
+
+@pytest.mark.parametrize("msgtype", [[], {}, 3, None, ["m.image"]])
+def test_a_malformed_msgtype_is_no_media_kind(msgtype):
+    """(Found by the fuzzer: a list msgtype made the kind look-up raise.)"""
+    assert kind_of("m.room.message", {"msgtype": msgtype, "body": "x"}) is None
