@@ -18,7 +18,6 @@ from bridge.encryption.device_events import DeviceEvents
 from bridge.encryption.ghost_devices import GhostDevices
 from bridge.handler import Handler
 from bridge.intake import IntakeAppService
-from bridge.moderation.enforcement import Enforcer
 from bridge.moderation.limits import Limits
 from bridge.moderation.moderators import ModeratorCommands
 from bridge.moderation.policy_lists import PolicyLists
@@ -112,7 +111,7 @@ class StrangerBridge:
         # first !start on.
         handler.policy = PolicyLists(self.appservice.intent, self.pool, c)
         await handler.policy.start()
-        handler.enforcer = Enforcer(self.pool, c, self.pairing, handler.notify_dm)
+        handler.enforcer = self.safety.enforcer
         # Before events are handled: they may be moderators' commands, or reports to post.
         await self.moderation_room.start(encrypted=self.crypto is not None)
         handler.moderation_room = self.moderation_room

@@ -36,9 +36,11 @@ class Enforcer:
         return sorted(set(await conversations.live_user_ids(self.pool))
                       | set(await queue.waiting_user_ids(self.pool)))
 
-    async def stop(self, user_id: str, restriction: Restriction, cause: str) -> bool:
+    async def stop(self, user_id: str, restriction: Restriction, cause: str,
+                   tell_anyway: bool = False) -> bool:
         """End the user's live chat (their partner sees them disconnect, as after a leave)
-        and take them out of the queue. True when there was something to stop."""
+        and take them out of the queue, telling them why (`tell_anyway`: also when there was
+        nothing to stop, as for a moderator's new sanction). True when something stopped."""
         stopped = False
         side = await conversations.live_side_of(self.pool, user_id)
         if side is not None:
@@ -46,6 +48,7 @@ class Enforcer:
         stopped = await queue.dequeue(self.pool, user_id) or stopped
         if stopped:
             log.info("Stopped a restricted user (%s, %s)", restriction.kind, restriction.source)
+        if stopped or tell_anyway:
             key = "restricted_chat_ended" if side is not None else "restricted"
             await self.notify_dm(user_id, key, f"restricted {cause}",
                                  **statement_values(restriction))

@@ -10,14 +10,13 @@ from typing import Awaitable, Callable
 import asyncpg
 
 from bridge import messages
-from bridge.matching import queue
-from bridge.moderation import rules
-from bridge.moderation import evidence, moderation_log, reports, sanctions
+from bridge.moderation import evidence, moderation_log, reports, rules, sanctions
+from bridge.moderation.enforcement import Enforcer
 from bridge.moderation.restriction import Restriction
 from bridge.moderation.restrictions import restriction_of
-from bridge.moderation.statement import statement_values, until_text
+from bridge.moderation.statement import until_text
 from bridge.pairing import Pairing
-from bridge.portal import BLOCKED, REPORTED, RESTRICTED
+from bridge.portal import BLOCKED, REPORTED
 from bridge.replies import Reply
 from bridge.store import conversations, recent_pairs
 from bridge.store.conversations import Conversation, Side
@@ -36,6 +35,8 @@ class Safety:
         self.config = pairing.config
         # Set at start-up: a message to the moderators (nothing when there is no room).
         self.post: Post | None = None
+        # The one way a restricted user is stopped (policy rules use it too).
+        self.enforcer = Enforcer(pool, self.config, pairing, pairing.notify_dm)
 
     @property
     def grace(self) -> float:
@@ -114,23 +115,14 @@ class Safety:
 
     async def enforce(self, user_id: str, restriction: Restriction | None, cause: str) -> None:
         """A restriction started (`cause`: which, once per message sent): end the user's live
-        chat (their partner sees only that the stranger disconnected), take them out of the
-        queue, and tell them why."""
-        if restriction is None:
-            return
-        side = await conversations.live_side_of(self.pool, user_id)
-        if side is not None:
-            await self.pairing.end(side.conversation_id, RESTRICTED, user_id)
-        await queue.dequeue(self.pool, user_id)
-        await self.pairing.notify_dm(user_id, "restricted", f"restricted {cause}",
-                                     **statement_values(restriction))
+        chat, take them out of the queue, and tell them why."""
+        if restriction is not None:
+            await self.enforcer.stop(user_id, restriction, cause, tell_anyway=True)
 
     async def enforce_server(self, server: str) -> int:
         """A server was banned: enforce on each of its users chatting or waiting now."""
-        rows = await self.pool.fetch(
-            """SELECT user_id FROM conversation_sides WHERE live
-               UNION SELECT user_id FROM waiting""")
-        affected = [r["user_id"] for r in rows if rules.server_of(r["user_id"]) == server]
+        affected = [user_id for user_id in await self.enforcer.active_users()
+                    if rules.server_of(user_id) == server]
         now = datetime.now(timezone.utc)
         for user_id in affected:
             await self.enforce(user_id, await restriction_of(self.pool, self.config, user_id, now),
