@@ -9,6 +9,7 @@ with a transaction ID derived from the notice, so a resend after a crash (the ro
 is deduplicated by the homeserver. Start-up sends whatever a crash left due."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Awaitable, Callable
 
@@ -52,6 +53,11 @@ class Reveal:
         self.portal = portal
         self.notify_dm = notify_dm  # the fallback for a reveal decided as the chat ended
         self.prefix = prefix
+        # A notice is sent while a connection holds its row, and sending may read the
+        # database too (room state, the user's DM); a decision waits on the rows being sent.
+        # So few sends at once: whatever the load, their connections and the decisions
+        # waiting on them (two per conversation at most) leave one for those reads.
+        self._sending = asyncio.Semaphore(max(1, (pool.get_max_size() - 1) // 3))
 
     async def command(self, side: Side, args: str) -> Reply | None:
         """`!reveal` or `!reveal cancel`, sent in `side`'s chat room (also one whose chat
@@ -79,13 +85,15 @@ class Reveal:
         ones this call sent."""
         sent, convs = [], {}
         for notice in await store.pending(self.pool, conversation_id):
-            async with store.claimed(self.pool, notice) as held:
+            conv = convs.get(notice.conversation_id)
+            if conv is None:
+                conv = convs[notice.conversation_id] = await conversations.get(
+                    self.pool, notice.conversation_id)
+            async with self._sending, store.claimed(self.pool, notice) as held:
                 if not held:
                     continue  # no longer due, or being sent by someone else right now
-                conv = convs.get(notice.conversation_id)
-                if conv is None:
-                    conv = convs[notice.conversation_id] = await conversations.get(
-                        self.pool, notice.conversation_id)
+                # (What _send reads of the conversation, its rooms, ghosts and users, never
+                # changes once it is active; whether it is still active is read anew.)
                 await self._send(conv, notice)
             sent.append(notice)
         return sent
@@ -108,7 +116,7 @@ class Reveal:
                          notice.kind.value, e)
             return
         side, partner = conv.sides[notice.side], conv.sides[1 - notice.side]
-        if conv.state == "active" and side.live:
+        if await store.chat_is_on(self.pool, conv.id):
             try:
                 await self.portal.send(side.ghost_id, side.room_id, "m.room.message",
                                        revealed_content("reveal_done", partner.user_id,

@@ -112,3 +112,9 @@ async def claimed(pool, notice: Due) -> AsyncIterator[bool]:
                 f"""UPDATE reveal_requests SET {_TOLD_COLUMN[notice.kind]} = now()
                     WHERE conversation_id = $1 AND side = $2""",
                 notice.conversation_id, notice.side)
+
+
+async def chat_is_on(db, conversation_id: int) -> bool:
+    """The chat is active now (not opening, not ended)."""
+    return bool(await db.fetchval(
+        "SELECT state = 'active' FROM conversations WHERE id = $1", conversation_id))
