@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bridge.lab.inprocess import start_inprocess_bridge
+from bridge.moderation import evidence
 
 pytestmark = pytest.mark.filterwarnings("ignore:loop argument is deprecated:DeprecationWarning")
 
@@ -47,6 +48,8 @@ async def test_both_at_once_reveal_once_to_each_in_their_own_room(world):
         # The command itself never crossed; nothing went to the DMs.
         assert not [e for e in world.hs.sent[mark:] if e["room_id"] in (ann.dm, bob.dm)]
         assert not [e for e in world.hs.sent[mark:] if e["content"].get("body") == "!reveal"]
+        # Not evidence for reports: the bridge's own notices, never relayed messages.
+        assert await evidence.count(world.bridge.pool) == 0
         await ann.command("!stop", "ended")
 
 
