@@ -28,6 +28,7 @@ from bridge.portal import Portal
 from bridge.recovery import Recovery
 from bridge.relay.ephemeral import EphemeralRelay
 from bridge.relay.relayer import Relayer
+from bridge.reveal.exchange import Reveal
 from bridge.state_store import TrimmedStateStore, forget_user_logger
 from bridge.store import conversations, inbox
 
@@ -73,8 +74,12 @@ class StrangerBridge:
         self.portal.on_closed = self._forget_conversation
         limits = Limits(self.pool, c)
         self.safety = Safety(self.pool, self.pairing)
+        # Mutual reveal: its notices go only to the conversation's two chat rooms (or the DM).
+        self.reveal = Reveal(self.pool, self.portal,
+                             notify_dm=lambda *a, **v: handler_ref[0].notify_dm(*a, **v),
+                             prefix=c["bridge.command_prefix"])
         handler = Handler(self.appservice, self.pool, c, self.portal, self.pairing,
-                          Commands(self.pool, self.pairing, limits, self.safety),
+                          Commands(self.pool, self.pairing, limits, self.safety, self.reveal),
                           Relayer(self.pool, c, self.portal, limits))
         handler_ref.append(handler)
         self.moderation_room = ModerationRoom(self.appservice, self.pool, c, handler.reply)
@@ -117,6 +122,9 @@ class StrangerBridge:
         handler.moderation_room = self.moderation_room
         self.dispatching = True
         await self.dispatcher.kick_all_pending()
+        # What a crash left unsaid of a reveal (a decided one is delivered even if the chat
+        # ended meanwhile: in the DM once the room is closed).
+        self.background.spawn(self.reveal.deliver(), "reveal notices")
         await self.pairing.resume()
         # Rules (or the server lists) may have changed while the bridge was down.
         self.background.spawn(handler.enforcer.enforce_all(), "enforce restrictions")

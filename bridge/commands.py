@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime, timezone
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import asyncpg
 
@@ -18,6 +18,10 @@ from bridge.pairing import Pairing
 from bridge.portal import NEXT, RESTRICTED, STOP
 from bridge.replies import Parsed, Reply
 from bridge.store import conversations, users
+from bridge.store.conversations import Side
+
+if TYPE_CHECKING:
+    from bridge.reveal.exchange import Reveal
 
 log = logging.getLogger("bridge.commands")
 
@@ -29,13 +33,13 @@ class Commands:
     """Commands a user can send in their DM with the bot (and some in their chat room)."""
 
     # The commands that also work inside a chat room; any other !text there is chat.
-    IN_CHAT_ROOM = frozenset({"next", "stop", "help", "status", "report", "block"})
+    IN_CHAT_ROOM = frozenset({"next", "stop", "help", "status", "report", "block", "reveal"})
     # Answered where they were sent (by the user's own room's ghost: the partner never sees
     # that room); the others' answers go to the DM.
-    ANSWERED_IN_CHAT_ROOM = frozenset({"help", "status"})
+    ANSWERED_IN_CHAT_ROOM = frozenset({"help", "status", "reveal"})
 
     def __init__(self, pool: asyncpg.Pool, pairing: Pairing, limits: Limits | None = None,
-                 safety=None) -> None:
+                 safety=None, reveal: Reveal | None = None) -> None:
         self.pool = pool
         self.pairing = pairing
         self.config = pairing.config
@@ -49,13 +53,26 @@ class Commands:
         }
         if safety is not None:
             self.table.update(report=self.report, block=self.block)
+        # Commands about the chat of the room they were sent in (not the user's chat now:
+        # a room of an ended chat stays theirs). Each takes (that side, the arguments).
+        self.in_room: dict[str, Callable[[Side, str], Awaitable[Reply | None]]] = {}
+        if reveal is not None:
+            self.table["reveal"] = self.reveal_in_dm
+            self.in_room["reveal"] = reveal.command
 
-    async def run(self, user_id: str, command: Parsed) -> Reply:
+    async def run(self, user_id: str, command: Parsed, side: Side | None = None) -> Reply | None:
+        """Run a command of `user_id`'s, sent in their DM or (`side`) in a chat room of
+        theirs; its reply (None: it said all it had to itself)."""
+        if side is not None and command.name in self.in_room:
+            return await self.in_room[command.name](side, command.args)
         func = self.table.get(command.name)
         if func is None:
             return Reply("unknown_command")
         result = await func(user_id, command.args)
         return result if isinstance(result, Reply) else Reply(result)
+
+    async def reveal_in_dm(self, user_id: str, args: str = "") -> str:
+        return "reveal_in_chat_only"  # the DM has no stranger to exchange contacts with
 
     def _text(self, key: str, **values: str) -> str:
         return messages.text(key, prefix=self.config["bridge.command_prefix"], **values)

@@ -306,8 +306,10 @@ class Handler:
         command = parse(body, self.prefix) if isinstance(body, str) else None
         if command is not None and command.name in Commands.IN_CHAT_ROOM:
             # Never relayed: the partner must not see the user's commands.
-            reply = await self.commands.run(side.user_id, command)
-            if command.name in Commands.ANSWERED_IN_CHAT_ROOM and not ended:
+            reply = await self.commands.run(side.user_id, command, side=side)
+            if reply is None:
+                pass  # (a !reveal that revealed: its notices said it all)
+            elif command.name in Commands.ANSWERED_IN_CHAT_ROOM and not ended:
                 await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id,
                                          reply.key, cause=event["event_id"], **reply.values)
             else:

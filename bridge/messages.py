@@ -32,6 +32,8 @@ ENGLISH: dict[str, str] = {
         "after it); the chat ends, and the stranger is not told who reported them\n"
         "{prefix}block: end the chat and never be paired with this stranger again (in the "
         "chat, or just after it)\n"
+        "{prefix}reveal: in a chat, offer to exchange Matrix IDs with the stranger; only when "
+        "you both send it does each see the other's ID ({prefix}reveal cancel takes it back)\n"
         "{prefix}help: this list\n\n"
         "In a chat room, leaving the room ends the chat and finds you someone new."
     ),
@@ -293,6 +295,43 @@ ENGLISH: dict[str, str] = {
     "link_after_messages": "{count} more messages",
     "link_after_time": "{duration}",
     "link_after_both": "{messages} and {time}",
+    # Mutual reveal (bridge/reveal): said in the chat rooms by the ghosts, except the last two.
+    "reveal_asked": "Stranger would like to exchange contacts. Send {prefix}reveal to agree.",
+    "reveal_withdrawn": "Stranger took back their request to exchange contacts.",
+    "reveal_requested": (
+        "Your request to exchange contacts was sent. If the stranger agrees, you will each see "
+        "the other's Matrix ID here. Send {prefix}reveal cancel to take it back."
+    ),
+    "reveal_already_requested": (
+        "You have already asked to exchange contacts; the stranger has not agreed yet. Send "
+        "{prefix}reveal cancel to take it back."
+    ),
+    "reveal_done": (
+        "You both agreed to exchange contacts. The stranger is {contact}. Open the link to "
+        "start a direct chat with them."
+    ),
+    "reveal_already_done": "You have already exchanged contacts with this stranger.",
+    "reveal_cancelled": "You took back your request to exchange contacts.",
+    "reveal_nothing_to_cancel": "You have no request to exchange contacts to take back.",
+    "reveal_too_late": "You have already exchanged contacts; that can't be taken back.",
+    "reveal_not_yet": "The stranger hasn't joined the chat yet. Try again once they have.",
+    "reveal_usage": (
+        "Send {prefix}reveal to offer to exchange contacts with the stranger, or "
+        "{prefix}reveal cancel to take your offer back."
+    ),
+    # (In the DM with the bot.)
+    "reveal_chat_ended": (
+        "That chat has ended, so contacts can no longer be exchanged there. Nothing was "
+        "revealed."
+    ),
+    "reveal_in_chat_only": (
+        "{prefix}reveal works only inside a chat room, to exchange contacts with the stranger "
+        "you are chatting with."
+    ),
+    "reveal_done_dm": (
+        "You and the stranger of your last chat both agreed to exchange contacts, just as it "
+        "ended. The stranger is {contact}."
+    ),
 }
 
 
