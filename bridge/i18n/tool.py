@@ -10,6 +10,7 @@ English itself. Exits 1 while any catalog is incomplete, so the tests would fail
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -64,7 +65,9 @@ def update(pot: Catalog, language: str) -> Catalog:
     path = locales_path() / language / "LC_MESSAGES" / f"{DOMAIN}.po"
     with open(path, "rb") as f:
         catalog = read_po(f, locale=language, domain=DOMAIN)
-    catalog.update(pot, update_header_comment=False)
+    # (A copy: Babel's update adopts the template's own entries, filled in just below for
+    # English, which would leak into the next catalog.)
+    catalog.update(copy.deepcopy(pot), update_header_comment=False)
     if language == SOURCE_LANGUAGE:
         for message in catalog:
             if message.id:
@@ -83,7 +86,7 @@ def add(pot: Catalog, language: str) -> None:
         sys.exit(f"{path} exists already")
     catalog = Catalog(locale=locale, domain=DOMAIN, project=PROJECT, version=VERSION,
                       copyright_holder=COPYRIGHT, fuzzy=False)
-    catalog.update(pot)
+    catalog.update(copy.deepcopy(pot))
     _write(catalog, path)
     print(f"Started {path}: translate every msgstr, then run ./dev catalogs again.")
 
