@@ -323,6 +323,38 @@ ENGLISH: dict[str, str] = {
 }
 
 
+
+# Notes for translators (written into the catalogs as "#." comments): pieces glued into other
+# messages, where a translation must fit the message around it.
+NOTES: dict[str, str] = {
+    "help": "{languages} is the list of languages the bot speaks, each by its own name.",
+    "lang_set_unsupported": "{default} is the default language by its own name, e.g. "
+                            "English (en).",
+    "wanted_tags": "Completes queued_with_preferences: 'Looking for a stranger who ...'.",
+    "wanted_lang": "Completes queued_with_preferences: 'Looking for a stranger who ...'.",
+    "wanted_both": "Completes queued_with_preferences: 'Looking for a stranger who ...'.",
+    "status_tags": "Glued after the first sentence of status_*: keep the leading space.",
+    "status_lang": "Glued after the first sentence of status_*: keep the leading space.",
+    "status_preferences": "status_tags then status_lang; reorder if your language must.",
+    "restriction_suspended": "The {what} of restricted: 'You can't chat here: {what}{until}.'",
+    "restriction_banned": "The {what} of restricted: 'You can't chat here: {what}{until}.'",
+    "restriction_server_banned": "The {what} of restricted: 'You can't chat here: "
+                                 "{what}{until}.'",
+    "restriction_server_not_allowed": "The {what} of restricted: 'You can't chat here: "
+                                      "{what}{until}.'",
+    "until_forever": "The {until} glued after {what} in restricted and mod_banned: keep the "
+                     "leading space.",
+    "until_time": "The {until} glued after {what} in restricted and mod_banned: keep the "
+                  "leading space.",
+    "link_after_messages": "The {after} of link_held: 'Links are allowed after {after}.'",
+    "link_after_time": "The {after} of link_held: 'Links are allowed after {after}.'",
+    "link_after_both": "The {after} of link_held: 'Links are allowed after {after}.'",
+    "duration_days": "Always 2 days or more.",
+    "list_separator": "Between interests: 'cinema, jazz'.",
+    "list_separator_or": "Between interests: 'cinema or jazz'.",
+    "invite_expired_reason": "Shown as the reason a chat invite was taken back.",
+}
+
 # -- values of a message that are themselves words, rendered in the recipient's language ---------
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ def template() -> Catalog:
     pot = Catalog(project=PROJECT, version=VERSION, domain=DOMAIN, fuzzy=False,
                   copyright_holder=COPYRIGHT)
     for key, english in messages.ENGLISH.items():
-        pot.add(english, context=key)
+        note = messages.NOTES.get(key)
+        pot.add(english, context=key, auto_comments=[note] if note else [])
     path = locales_path() / f"{DOMAIN}.pot"
     if path.exists():
         with open(path, "rb") as f:

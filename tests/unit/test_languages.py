@@ -197,3 +197,7 @@ def test_every_catalog_file_is_package_data():
     files = [p.relative_to(REPO / "bridge").as_posix()
              for p in (REPO / "bridge" / "locales").rglob("*") if p.is_file()]
     assert files and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), files
+
+
+def test_translator_notes_are_about_real_messages():
+    assert set(messages.NOTES) <= set(messages.ENGLISH)
