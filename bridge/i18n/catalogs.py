@@ -36,12 +36,14 @@ def read(language: str) -> Catalog:
         return read_po(f, locale=language, domain=DOMAIN)
 
 
-@functools.cache
 def translations(language: str) -> dict[str, tuple[str, str]]:
     """key -> (the English it translates, its translation), for every finished entry (not
-    fuzzy, not empty). Cached: a handful of catalogs, read once."""
-    if language not in shipped():
-        return {}
+    fuzzy, not empty); nothing for a language without a catalog."""
+    return _finished(language) if language in shipped() else {}
+
+
+@functools.cache  # one entry per shipped catalog, read once
+def _finished(language: str) -> dict[str, tuple[str, str]]:
     return {message.context: (message.id, message.string) for message in read(language)
             if message.id and message.context and isinstance(message.string, str)
             and message.string and not message.fuzzy}
