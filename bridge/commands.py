@@ -11,6 +11,7 @@ import asyncpg
 from bridge import messages
 from bridge.i18n import catalogs
 from bridge.i18n.language import native_name
+from bridge.i18n.notices import languages_spoken
 from bridge.matching import policy
 from bridge.matching import queue
 from bridge.moderation.limits import Limits
@@ -64,9 +65,7 @@ class Commands:
         return user is not None and user.agreed
 
     async def help(self, user_id: str, args: str = "") -> Reply:
-        # Each language by its own name, as a language picker shows it.
-        return Reply("help", {"languages": messages.Listing(
-            tuple(native_name(code) for code in catalogs.shipped()))})
+        return Reply("help", {"languages": languages_spoken()})
 
     async def agree(self, user_id: str, args: str = "") -> str:
         await users.ensure(self.pool, user_id)

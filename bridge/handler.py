@@ -15,7 +15,7 @@ from bridge.config import Config
 from bridge.dispatcher import Outcome
 from bridge.encryption.crypto import Crypto, Undecryptable
 from bridge.group_calls import GROUP_CALL_STATE_TYPES
-from bridge.i18n.notices import language_of_room, notice_content
+from bridge.i18n.notices import language_of_room, languages_spoken, notice_content
 from bridge.moderation.chat_guard import ChatGuard
 from bridge.moderation.enforcement import Enforcer
 from bridge.moderation.moderators import ModeratorCommands
@@ -203,7 +203,7 @@ class Handler:
             await self.refuse_dm(room_id, "encryption_required", event_id)
             return
         await users.set_dm_room(self.pool, inviter, room_id)
-        await self.reply(room_id, "greeting", event_id)
+        await self.reply(room_id, "greeting", event_id, languages=languages_spoken())
 
     async def dm_is_encrypted(self, room_id: str) -> bool:
         if self.crypto is not None:

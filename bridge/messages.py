@@ -24,7 +24,8 @@ ENGLISH: dict[str, str] = {
         "3. Nothing illegal, and no sexual content involving minors, ever.\n"
         "4. Don't share personal details you would regret sharing.\n\n"
         "Send {prefix}agree to confirm you are 18 or older and accept these rules. "
-        "Send {prefix}help to see every command."
+        "Send {prefix}help to see every command.\n\n"
+        "I speak {languages}: send {prefix}lang fr to talk in French, for example."
     ),
     "help": (
         "Commands:\n"
@@ -327,6 +328,7 @@ ENGLISH: dict[str, str] = {
 # Notes for translators (written into the catalogs as "#." comments): pieces glued into other
 # messages, where a translation must fit the message around it.
 NOTES: dict[str, str] = {
+    "greeting": "{languages} is the list of languages the bot speaks, each by its own name.",
     "help": "{languages} is the list of languages the bot speaks, each by its own name.",
     "lang_set_unsupported": "{default} is the default language by its own name, e.g. "
                             "English (en).",

@@ -9,8 +9,13 @@ from mautrix.types import Format, MessageType, TextMessageEventContent
 from bridge import messages
 from bridge.i18n import catalogs
 from bridge.i18n.direction import notice_fields
-from bridge.i18n.language import choose, is_rtl
+from bridge.i18n.language import choose, is_rtl, native_name
 from bridge.store import users
+
+
+def languages_spoken() -> messages.Listing:
+    """Each shipped language by its own name, as a language picker shows it."""
+    return messages.Listing(tuple(native_name(code) for code in catalogs.shipped()))
 
 
 async def language_of_room(db, room_id: str, default: str) -> str:

@@ -17,7 +17,7 @@ from bridge.i18n import catalogs
 from bridge.i18n.checks import problems
 from bridge.i18n.direction import RLM
 from bridge.i18n.language import choose, is_rtl, native_name
-from bridge.i18n.notices import notice_content
+from bridge.i18n.notices import languages_spoken, notice_content
 from bridge.i18n.tool import _entries, template
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,6 +181,13 @@ async def test_help_is_complete_in_every_language(language):
         assert re.search(rf"!{command}(?!\w)", mod_help), (language, command)
     assert body != messages.text("help", "en", prefix="!", **await help_values()) \
         or language == "en"
+
+
+@pytest.mark.parametrize("language", SHIPPED)
+def test_the_greeting_says_how_to_agree_and_which_languages_the_bot_speaks(language):
+    body = messages.text("greeting", language, prefix="!", languages=languages_spoken())
+    assert "!agree" in body and "!help" in body and "!lang fr" in body
+    assert all(native_name(code) in body for code in SHIPPED)
 
 
 def test_every_user_command_is_in_the_help():
