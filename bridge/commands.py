@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import asyncpg
 
 from bridge import messages
+from bridge.i18n import catalogs
+from bridge.i18n.language import native_name
+from bridge.i18n.notices import languages_spoken
 from bridge.matching import policy
 from bridge.matching import queue
 from bridge.moderation.limits import Limits
@@ -74,15 +77,12 @@ class Commands:
     async def reveal_in_dm(self, user_id: str, args: str = "") -> str:
         return "reveal_in_chat_only"  # the DM has no stranger to exchange contacts with
 
-    def _text(self, key: str, **values: str) -> str:
-        return messages.text(key, prefix=self.config["bridge.command_prefix"], **values)
-
     async def _agreed(self, user_id: str) -> bool:
         user = await users.get(self.pool, user_id)
         return user is not None and user.agreed
 
-    async def help(self, user_id: str, args: str = "") -> str:
-        return "help"
+    async def help(self, user_id: str, args: str = "") -> Reply:
+        return Reply("help", {"languages": languages_spoken()})
 
     async def agree(self, user_id: str, args: str = "") -> str:
         await users.ensure(self.pool, user_id)
@@ -128,8 +128,8 @@ class Commands:
         if await self.pairing.enqueue(user_id):
             return await self._queued(user_id)
         if args and await self.pairing.preferences_changed(user_id):
-            return Reply("interests_set", {"tags": ", ".join(tags),
-                                           "when": self._text("preferences_apply_now")})
+            return Reply("interests_set", {"tags": messages.Listing(tags),
+                                           "when": messages.phrase("preferences_apply_now")})
         return "already_waiting"
 
     async def _queued(self, user_id: str) -> str | Reply:
@@ -137,20 +137,21 @@ class Commands:
         fallback = self.config["bridge.matching.fallback_after"]
         if not (tags or lang) or not fallback:
             return "queued"
-        wanted = (self._text("wanted_both", tags=" or ".join(tags), lang=lang) if tags and lang
-                  else self._text("wanted_tags", tags=" or ".join(tags)) if tags
-                  else self._text("wanted_lang", lang=lang))
+        either = messages.Listing(tags, "list_separator_or")
+        wanted = (messages.phrase("wanted_both", tags=either, lang=lang) if tags and lang
+                  else messages.phrase("wanted_tags", tags=either) if tags
+                  else messages.phrase("wanted_lang", lang=lang))
         return Reply("queued_with_preferences", {"wanted": wanted, "fallback": f"{fallback:g}"})
 
     def _parse_tags(self, text: str) -> tuple[str, ...]:
         return policy.parse_tags(text, self.config["bridge.matching.max_tags"],
                                    self.config["bridge.matching.max_tag_length"])
 
-    async def _applied(self, user_id: str) -> str:
+    async def _applied(self, user_id: str) -> messages.Phrase:
         """Preferences changed: take them up in the queue; say when they count."""
         if await self.pairing.preferences_changed(user_id):
-            return self._text("preferences_apply_now")
-        return self._text("preferences_apply_next")
+            return messages.phrase("preferences_apply_now")
+        return messages.phrase("preferences_apply_next")
 
     async def interests(self, user_id: str, args: str = "") -> str | Reply:
         """`!interests` shows them, `!interests cinema, jazz` sets, `!interests clear` forgets."""
@@ -158,7 +159,8 @@ class Commands:
             return "must_agree"
         if not args:
             tags, _ = await users.preferences(self.pool, user_id)
-            return Reply("interests_show", {"tags": ", ".join(tags)}) if tags else "interests_none"
+            return (Reply("interests_show", {"tags": messages.Listing(tags)}) if tags
+                    else "interests_none")
         try:
             tags = () if args.casefold() in CLEAR_WORDS else self._parse_tags(args)
         except policy.PreferenceError as e:
@@ -167,10 +169,12 @@ class Commands:
         when = await self._applied(user_id)
         if not tags:
             return Reply("interests_cleared", {"when": when})
-        return Reply("interests_set", {"tags": ", ".join(tags), "when": when})
+        return Reply("interests_set", {"tags": messages.Listing(tags), "when": when})
 
     async def lang(self, user_id: str, args: str = "") -> str | Reply:
-        """`!lang` shows it, `!lang fr` sets it, `!lang clear` forgets it."""
+        """`!lang` shows it, `!lang fr` sets it, `!lang clear` forgets it. One setting: the
+        language of the strangers preferred, and the one the bot (and the ghosts) write in
+        when there is a catalog for it (the reply is already in it)."""
         if not await self._agreed(user_id):
             return "must_agree"
         if not args:
@@ -184,6 +188,10 @@ class Commands:
         when = await self._applied(user_id)
         if lang is None:
             return Reply("lang_cleared", {"when": when})
+        if lang not in catalogs.shipped():
+            return Reply("lang_set_unsupported", {
+                "lang": lang, "when": when,
+                "default": native_name(self.config["bridge.default_language"])})
         return Reply("lang_set", {"lang": lang, "when": when})
 
     async def status(self, user_id: str, args: str = "") -> str | Reply:
@@ -194,8 +202,10 @@ class Commands:
         values = {
             "waiting": str(await queue.count(self.pool)),
             "chatting": str(await conversations.count_chatting(self.pool)),
-            "preferences": ((self._text("status_tags", tags=", ".join(tags)) if tags else "")
-                            + (self._text("status_lang", lang=lang) if lang else "")),
+            "preferences": messages.phrase(
+                "status_preferences",
+                tags=messages.phrase("status_tags", tags=messages.Listing(tags)) if tags else "",
+                lang=messages.phrase("status_lang", lang=lang) if lang else ""),
         }
         now = datetime.now(timezone.utc)
         since = await conversations.live_since(self.pool, user_id)

@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 
 from mautrix.util.config import BaseFileConfig, ConfigUpdateHelper
 
+from bridge.i18n import catalogs
+
 EXAMPLE_CONFIG = "pkg://bridge/example-config.yaml"
 PLACEHOLDER_TOKEN = "This value is generated when generating the registration"
 # A ghost's random part: 20 characters from [a-z0-9], uniformly (about 103 bits).
@@ -57,7 +59,8 @@ class Config(BaseFileConfig):
             "database.migrate_on_start",
             "bridge.ghost_localpart_template", "bridge.ghost_displayname",
             "bridge.invite_timeout", "bridge.goodbye_linger", "bridge.max_body_bytes",
-            "bridge.command_prefix", "bridge.calls.enabled", "bridge.calls.force_relay",
+            "bridge.command_prefix", "bridge.default_language",
+            "bridge.calls.enabled", "bridge.calls.force_relay",
             "bridge.matching.fallback_after", "bridge.matching.rematch_cooldown",
             "bridge.matching.max_tags", "bridge.matching.max_tag_length",
             "bridge.media.images", "bridge.media.stickers", "bridge.media.voice",
@@ -154,6 +157,10 @@ class Config(BaseFileConfig):
         _seconds(self, "bridge.goodbye_linger", 0, 60)
         _int(self, "bridge.max_body_bytes", 1, 60000)
         _str(self, "bridge.command_prefix", r"\S{1,3}")
+        if self["bridge.default_language"] not in catalogs.shipped():
+            raise ConfigError("bridge.default_language", "must be a language the bridge has a "
+                              f"catalog for ({', '.join(catalogs.shipped())}), got "
+                              f"{self['bridge.default_language']!r}")
         _bool(self, "bridge.calls.enabled")
         _bool(self, "bridge.calls.force_relay")
         _seconds(self, "bridge.matching.fallback_after", 0, 3600)

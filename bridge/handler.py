@@ -8,14 +8,14 @@ from datetime import datetime, timezone
 import asyncpg
 from mautrix.appservice import AppService
 from mautrix.errors import MatrixRequestError, MNotFound
-from mautrix.types import EventType, MessageType, TextMessageEventContent
+from mautrix.types import EventType
 
-from bridge import messages
 from bridge.commands import Commands
 from bridge.config import Config
 from bridge.dispatcher import Outcome
 from bridge.encryption.crypto import Crypto, Undecryptable
 from bridge.group_calls import GROUP_CALL_STATE_TYPES
+from bridge.i18n.notices import language_of_room, languages_spoken, notice_content
 from bridge.moderation.chat_guard import ChatGuard
 from bridge.moderation.enforcement import Enforcer
 from bridge.moderation.moderators import ModeratorCommands
@@ -74,9 +74,11 @@ class Handler:
     def is_moderation_room(self, room_id: str) -> bool:
         return self.moderation_room is not None and room_id == self.moderation_room.room_id
 
-    async def reply(self, room_id: str, key: str, cause: str, **values: str) -> None:
-        content = TextMessageEventContent(
-            msgtype=MessageType.NOTICE, body=messages.text(key, prefix=self.prefix, **values))
+    async def reply(self, room_id: str, key: str, cause: str, **values) -> None:
+        """The bot says `key` in a room (in the language of the user whose DM it is)."""
+        language = await language_of_room(self.pool, room_id,
+                                          self.config["bridge.default_language"])
+        content = notice_content(language, key, prefix=self.prefix, **values)
         event_type = EventType.ROOM_MESSAGE
         if self.crypto and await self.crypto.is_encrypted(room_id):
             _, content = await self.crypto.encrypt(room_id, "m.room.message", content.serialize())
@@ -84,7 +86,7 @@ class Handler:
         await self.bot.send_message_event(room_id, event_type, content,
                                           txn_id=txn_id("reply", room_id, cause))
 
-    async def notify_dm(self, user_id: str, key: str, cause: str, **values: str) -> None:
+    async def notify_dm(self, user_id: str, key: str, cause: str, **values) -> None:
         user = await users.get(self.pool, user_id)
         if user and user.dm_room_id:
             await self.reply(user.dm_room_id, key, f"{user_id}|{cause}", **values)
@@ -201,7 +203,7 @@ class Handler:
             await self.refuse_dm(room_id, "encryption_required", event_id)
             return
         await users.set_dm_room(self.pool, inviter, room_id)
-        await self.reply(room_id, "greeting", event_id)
+        await self.reply(room_id, "greeting", event_id, languages=languages_spoken())
 
     async def dm_is_encrypted(self, room_id: str) -> bool:
         if self.crypto is not None:

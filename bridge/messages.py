@@ -1,6 +1,17 @@
-"""Every sentence the bot or a ghost says, by key. Code refers to keys, never to literals,
-so translations can be added in one place."""
+"""Every sentence the bot or a ghost says, by key, in English: the source of the catalogs
+(bridge/locales/, kept in step by `./dev catalogs`), each entry's key its msgctxt and its
+English its msgid. Code refers to keys, never to literals; a message is rendered in the
+recipient's language only when it is sent (see bridge/i18n/)."""
 from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bridge.i18n import catalogs
+from bridge.i18n.catalogs import SOURCE_LANGUAGE
+
+log = logging.getLogger("bridge.messages")
 
 ENGLISH: dict[str, str] = {
     "greeting": (
@@ -13,7 +24,8 @@ ENGLISH: dict[str, str] = {
         "3. Nothing illegal, and no sexual content involving minors, ever.\n"
         "4. Don't share personal details you would regret sharing.\n\n"
         "Send {prefix}agree to confirm you are 18 or older and accept these rules. "
-        "Send {prefix}help to see every command."
+        "Send {prefix}help to see every command.\n\n"
+        "I speak {languages}: send {prefix}lang fr to talk in French, for example."
     ),
     "help": (
         "Commands:\n"
@@ -23,8 +35,8 @@ ENGLISH: dict[str, str] = {
         "(your interests are kept for next time)\n"
         "{prefix}interests cinema, jazz: set your interests; {prefix}interests alone shows "
         "them, {prefix}interests clear forgets them\n"
-        "{prefix}lang fr: prefer strangers who speak French (a two-letter code); {prefix}lang "
-        "alone shows it, {prefix}lang clear forgets it\n"
+        "{prefix}lang fr: talk to me in French, and prefer strangers who speak it (a "
+        "two-letter code); {prefix}lang alone shows it, {prefix}lang clear forgets it\n"
         "{prefix}status: whether you are waiting or chatting, and how many people are now\n"
         "{prefix}next: end the current chat and find someone new\n"
         "{prefix}stop: end the current chat and stop looking\n"
@@ -35,7 +47,8 @@ ENGLISH: dict[str, str] = {
         "{prefix}reveal: in a chat, offer to exchange Matrix IDs with the stranger; only when "
         "you both send it does each see the other's ID ({prefix}reveal cancel takes it back)\n"
         "{prefix}help: this list\n\n"
-        "In a chat room, leaving the room ends the chat and finds you someone new."
+        "In a chat room, leaving the room ends the chat and finds you someone new.\n\n"
+        "I speak {languages}. Commands keep their names in every language."
     ),
     "agreed": "Thanks! Send {prefix}start when you are ready to meet a stranger.",
     "already_agreed": "You have already accepted the rules. Send {prefix}start to meet a stranger.",
@@ -87,7 +100,11 @@ ENGLISH: dict[str, str] = {
         "You have no interests set. Set some with {prefix}interests cinema, jazz to meet "
         "strangers who share them."
     ),
-    "lang_set": "Your language: {lang}. {when}",
+    "lang_set": "Your language: {lang}. I'll talk to you in it from now on. {when}",
+    "lang_set_unsupported": (
+        "Your language: {lang}. {when} I don't speak it yet, so I'll keep talking to you in "
+        "{default}."
+    ),
     "lang_cleared": "Your language preference is cleared. {when}",
     "lang_show": "Your language: {lang}. Forget it with {prefix}lang clear.",
     "lang_none": (
@@ -103,6 +120,7 @@ ENGLISH: dict[str, str] = {
     "wanted_both": "likes {tags} and speaks {lang}",
     "status_tags": " Your interests: {tags}.",
     "status_lang": " Your language: {lang}.",
+    "status_preferences": "{tags}{lang}",
     "preferences_apply_next": "They apply from your next {prefix}start.",
     "tags_too_many": "You can set at most {max_tags} interests. Please choose fewer.",
     "tag_too_long": (
@@ -125,6 +143,7 @@ ENGLISH: dict[str, str] = {
         "Stranger has disconnected. Send {prefix}start to the bot to meet someone new."
     ),
     "you_left": "You have disconnected.",
+    "invite_expired_reason": "The invite expired",
     "partner_no_show": "The stranger didn't join the chat in time. Looking for someone new…",
     "invite_expired": (
         "You didn't accept the chat invite in time, so the stranger was matched with someone "
@@ -332,13 +351,139 @@ ENGLISH: dict[str, str] = {
         "You and the stranger of your last chat both agreed to exchange contacts, just as it "
         "ended. The stranger is {contact}."
     ),
+    # -- pieces of other messages: durations and lists ------------------------------------------
+    "duration_seconds": "{seconds} s",
+    "duration_minutes": "{minutes} min",
+    "duration_minutes_seconds": "{minutes} min {seconds} s",
+    "duration_hours": "{hours} h",
+    "duration_hours_minutes": "{hours} h {minutes} min",
+    "duration_days": "{days} days",
+    "list_separator": ", ",
+    "list_separator_or": " or ",
 }
 
 
+
+# Notes for translators (written into the catalogs as "#." comments): pieces glued into other
+# messages, where a translation must fit the message around it.
+NOTES: dict[str, str] = {
+    "greeting": "{languages} is the list of languages the bot speaks, each by its own name.",
+    "help": "{languages} is the list of languages the bot speaks, each by its own name.",
+    "lang_set_unsupported": "{default} is the default language by its own name, e.g. "
+                            "English (en).",
+    "wanted_tags": "Completes queued_with_preferences: 'Looking for a stranger who ...'.",
+    "wanted_lang": "Completes queued_with_preferences: 'Looking for a stranger who ...'.",
+    "wanted_both": "Completes queued_with_preferences: 'Looking for a stranger who ...'.",
+    "status_tags": "Glued after the first sentence of status_*: keep the leading space.",
+    "status_lang": "Glued after the first sentence of status_*: keep the leading space.",
+    "status_preferences": "status_tags then status_lang; reorder if your language must.",
+    "restriction_suspended": "The {what} of restricted: 'You can't chat here: {what}{until}.'",
+    "restriction_banned": "The {what} of restricted: 'You can't chat here: {what}{until}.'",
+    "restriction_server_banned": "The {what} of restricted: 'You can't chat here: "
+                                 "{what}{until}.'",
+    "restriction_server_not_allowed": "The {what} of restricted: 'You can't chat here: "
+                                      "{what}{until}.'",
+    "until_forever": "The {until} glued after {what} in restricted and mod_banned: keep the "
+                     "leading space.",
+    "until_time": "The {until} glued after {what} in restricted and mod_banned: keep the "
+                  "leading space.",
+    "link_after_messages": "The {after} of link_held: 'Links are allowed after {after}.'",
+    "link_after_time": "The {after} of link_held: 'Links are allowed after {after}.'",
+    "link_after_both": "The {after} of link_held: 'Links are allowed after {after}.'",
+    "duration_days": "Always 2 days or more.",
+    "list_separator": "Between interests: 'cinema, jazz'.",
+    "list_separator_or": "Between interests: 'cinema or jazz'.",
+    "invite_expired_reason": "Shown as the reason a chat invite was taken back.",
+}
+
+# -- values of a message that are themselves words, rendered in the recipient's language ---------
+
+@dataclass(frozen=True)
+class Phrase:
+    """Another message, as a value of this one (e.g. "until_forever" inside "restricted")."""
+    key: str
+    values: Mapping[str, "Value"] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Duration:
+    """3725 -> '1 h 2 min'; 65 -> '1 min 5 s'; 4 -> '4 s' (in the recipient's words)."""
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Interests joined as the recipient's language joins them ('cinema, jazz')."""
+    items: tuple[str, ...]
+    separator: str = "list_separator"  # or "list_separator_or": 'cinema or jazz'
+
+
+@dataclass(frozen=True)
+class Lines:
+    """Values, one a line (e.g. the open reports listed to the moderators)."""
+    items: tuple["Value", ...]
+
+
+Value = str | Phrase | Duration | Listing | Lines
+
+
+def phrase(key: str, **values: Value) -> Phrase:
+    return Phrase(key, values)
+
+
+def duration(seconds: float) -> Duration:
+    return Duration(seconds)
+
+
+def _duration(seconds: float) -> Phrase:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return phrase("duration_seconds", seconds=str(seconds))
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return (phrase("duration_minutes_seconds", minutes=str(minutes), seconds=str(seconds))
+                if seconds else phrase("duration_minutes", minutes=str(minutes)))
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return (phrase("duration_hours_minutes", hours=str(hours), minutes=str(minutes))
+                if minutes else phrase("duration_hours", hours=str(hours)))
+    return phrase("duration_days", days=str(hours // 24))
+
+
+def render(value: Value, language: str = SOURCE_LANGUAGE,
+           outer: Mapping[str, str] | None = None) -> str:
+    """A value in `language`. A phrase inside a message also sees that message's own text
+    values (`outer`), such as the command prefix."""
+    outer = outer or {}
+    if isinstance(value, Phrase):
+        return text(value.key, language, **{**outer, **value.values})
+    if isinstance(value, Duration):
+        return render(_duration(value.seconds), language)
+    if isinstance(value, Listing):
+        return text(value.separator, language).join(value.items)
+    if isinstance(value, Lines):
+        return "\n".join(render(item, language, outer) for item in value.items)
+    return value
+
+
+def text(key: str, language: str = SOURCE_LANGUAGE, /, **values: Value) -> str:
+    """The message in `language` (English where its catalog has no current translation)."""
+    plain = {name: value for name, value in values.items() if isinstance(value, str)}
+    rendered = {name: render(value, language, plain) for name, value in values.items()}
+    translated = catalogs.translations(language).get(key)
+    if translated is not None and translated[0] == ENGLISH[key]:
+        try:
+            return translated[1].format(**rendered)
+        except (KeyError, IndexError, ValueError) as e:  # a broken catalog entry (tested)
+            log.error("Catalog %s: message %s does not format (%r); sent in English",
+                      language, key, e)
+    return ENGLISH[key].format(**rendered)
+
+
 def chat_opened(shared_tags: tuple[str, ...], interests_unmet: bool,
-                language_unmet: bool) -> tuple[str, dict[str, str]]:
+                language_unmet: bool) -> tuple[str, dict[str, Value]]:
     """The opening notice for one side: (key, values)."""
-    values = {"tags": ", ".join(shared_tags)}
+    values: dict[str, Value] = {"tags": Listing(tuple(shared_tags))}
     if interests_unmet and language_unmet:
         return "chat_opened_no_shared_anything", values
     if interests_unmet:
@@ -348,20 +493,3 @@ def chat_opened(shared_tags: tuple[str, ...], interests_unmet: bool,
                 else "chat_opened_other_language"), values
     return ("chat_opened_shared" if shared_tags else "chat_opened"), values
 
-
-def duration(seconds: float) -> str:
-    """3725 -> '1 h 2 min'; 65 -> '1 min 5 s'; 4 -> '4 s'."""
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    return f"{hours // 24} days"
-
-
-def text(key: str, **values: str) -> str:
-    return ENGLISH[key].format(**values)

@@ -15,14 +15,15 @@ from mautrix.api import Method, Path
 from mautrix.appservice import AppService, IntentAPI
 from mautrix.client import ClientAPI
 from mautrix.errors import MatrixConnectionError, MatrixRequestError, MUserInUse
-from mautrix.types import (EncryptionAlgorithm, EventType, Membership, MessageType,
-                           RoomEncryptionStateEventContent, TextMessageEventContent)
+from mautrix.types import (EncryptionAlgorithm, EventType, Membership,
+                           RoomEncryptionStateEventContent)
 
 from bridge import messages
 from bridge.config import Config
 from bridge.encryption.crypto import Crypto
 from bridge.encryption.ghost_devices import GhostDevices
 from bridge.group_calls import GROUP_CALL_STATE_TYPES
+from bridge.i18n.notices import language_of_room, notice_content
 from bridge.store import calls as call_ids
 from bridge.store import conversations, users
 from bridge.store.conversations import Conversation, Side
@@ -68,11 +69,15 @@ class Portal:
     def ghost(self, ghost_id: str) -> IntentAPI:
         return self.appservice.intent.user(ghost_id)
 
+    async def language(self, room_id: str) -> str:
+        """The language of the user this chat room is for."""
+        return await language_of_room(self.pool, room_id, self.config["bridge.default_language"])
+
     async def notice(self, intent: IntentAPI, room_id: str, key: str, *, cause: str,
-                     **values: str) -> str:
-        content = TextMessageEventContent(
-            msgtype=MessageType.NOTICE,
-            body=messages.text(key, prefix=self.config["bridge.command_prefix"], **values))
+                     **values: messages.Value) -> str:
+        """The ghost says `key` in its room, in the language of that room's user."""
+        content = notice_content(await self.language(room_id), key,
+                                 prefix=self.config["bridge.command_prefix"], **values)
         return await self.send(intent.mxid, room_id, "m.room.message", content.serialize(),
                                txn_id(key, room_id, cause))
 
@@ -289,7 +294,8 @@ class Portal:
         try:
             if side.joined_at is None:
                 # Take back an invite nobody accepted, so it doesn't linger in their client.
-                await ghost.kick_user(side.room_id, side.user_id, reason="The invite expired")
+                reason = messages.text("invite_expired_reason", await self.language(side.room_id))
+                await ghost.kick_user(side.room_id, side.user_id, reason=reason)
             elif conv.ended_by == side.user_id and conv.end_reason in (NEXT, STOP, REPORTED,
                                                                        BLOCKED):
                 await self.notice(ghost, side.room_id, "you_left", cause=conv.id)

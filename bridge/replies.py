@@ -3,12 +3,14 @@ values): shared by the bot's commands and the moderators'. Pure."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Reply:
     key: str  # a bridge.messages key
-    values: dict[str, str] = field(default_factory=dict)
+    # Text, or words rendered in the recipient's language when sent (bridge.messages.Value).
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -44,12 +44,11 @@ class ChatGuard:
                                  cause=event["event_id"], **values)
 
 
-def links_allowed_after(messages_left: int, seconds_left: float, prefix: str) -> str:
+def links_allowed_after(messages_left: int, seconds_left: float) -> messages.Value:
     """'7 more messages and 1 min 30 s', '7 more messages' or '1 min 30 s'."""
-    def text(key: str, **values: str) -> str:
-        return messages.text(key, prefix=prefix, **values)
-    count = text("link_after_messages", count=str(messages_left)) if messages_left else ""
-    time = text("link_after_time", duration=messages.duration(seconds_left)) \
+    count = messages.phrase("link_after_messages", count=str(messages_left)) \
+        if messages_left else ""
+    time = messages.phrase("link_after_time", duration=messages.duration(seconds_left)) \
         if seconds_left else ""
-    return text("link_after_both", messages=count, time=time) if count and time \
+    return messages.phrase("link_after_both", messages=count, time=time) if count and time \
         else count or time

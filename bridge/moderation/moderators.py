@@ -51,13 +51,14 @@ class ModeratorCommands:
         if not listed:
             return Reply("mod_no_reports")
         now = datetime.now(timezone.utc)
-        lines = [messages.text("mod_report_line", id=str(r.id), reporter=r.reporter,
-                               reported=r.reported,
-                               age=messages.duration((now - r.created_at).total_seconds()),
-                               reason=r.reason or messages.text("no_reason_given"))
-                 for r in listed]
+        lines = messages.Lines(tuple(
+            messages.phrase("mod_report_line", id=str(r.id), reporter=r.reporter,
+                            reported=r.reported,
+                            age=messages.duration((now - r.created_at).total_seconds()),
+                            reason=r.reason or messages.phrase("no_reason_given"))
+            for r in listed))
         return Reply("mod_reports", {"count": str(await reports.count_open(self.pool)),
-                                     "lines": "\n".join(lines)})
+                                     "lines": lines})
 
     async def dismiss(self, moderator: str, args: str) -> Reply:
         head, _, reason = args.partition(" ")

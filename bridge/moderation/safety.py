@@ -80,7 +80,7 @@ class Safety:
         said = await evidence.of_side(self.pool, conv.id, partner.side)
         await self._to_moderators(
             "mod_report", f"report {report.id}", id=str(report.id), reporter=user_id,
-            reported=partner.user_id, reason=report.reason or messages.text("no_reason_given"),
+            reported=partner.user_id, reason=report.reason or messages.phrase("no_reason_given"),
             count=str(len(said)), evidence=rules.evidence_text(said))
         await self.consider_auto_suspension(partner.user_id)
         return Reply("report_received")
@@ -108,7 +108,7 @@ class Safety:
         added = Restriction(kind, reason, until, source)
         sanction_id = await sanctions.add(self.pool, user_id, kind, reason, until, source, by)
         await moderation_log.record(self.pool, by or AUTOMATIC, kind, user_id,
-                                    f"{reason} ({until_text(added).strip()})")
+                                    f"{reason} ({messages.render(until_text(added)).strip()})")
         await self.enforce(user_id, await restriction_of(self.pool, self.config, user_id, now),
                            f"sanction {sanction_id}")
         return added

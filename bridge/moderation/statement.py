@@ -6,17 +6,22 @@ from bridge import messages
 from bridge.moderation.restriction import Restriction
 
 
-def until_text(restriction: Restriction) -> str:
+def until_text(restriction: Restriction) -> messages.Phrase:
     if restriction.until is None:
-        return messages.text("until_forever")
-    return messages.text("until_time", time=restriction.until.strftime("%Y-%m-%d %H:%M UTC"))
+        return messages.phrase("until_forever")
+    return messages.phrase("until_time", time=restriction.until.strftime("%Y-%m-%d %H:%M UTC"))
 
 
-def statement_values(restriction: Restriction) -> dict[str, str]:
-    """Values for the "restricted" message."""
+def statement_values(restriction: Restriction) -> dict[str, messages.Value]:
+    """Values for the "restricted" message, in words rendered in the user's language. (A
+    moderator's reason is their own free text; an automatic suspension's is the
+    bridge's own, recorded in English: that one is said in the user's words.)"""
+    reason: messages.Value = restriction.reason or messages.phrase("no_reason_given")
+    if restriction.reason == messages.ENGLISH["auto_suspension_reason"]:
+        reason = messages.phrase("auto_suspension_reason")
     return {
-        "what": messages.text(f"restriction_{restriction.kind}"),
+        "what": messages.phrase(f"restriction_{restriction.kind}"),
         "until": until_text(restriction),
-        "reason": restriction.reason or messages.text("no_reason_given"),
-        "source": messages.text(f"restriction_by_{restriction.source}"),
+        "reason": reason,
+        "source": messages.phrase(f"restriction_by_{restriction.source}"),
     }

@@ -90,7 +90,7 @@ class Relayer:
                 await self.portal.notice(
                     self.portal.ghost(side.ghost_id), side.room_id, "link_held",
                     cause=event["event_id"],
-                    after=links_allowed_after(*wait, self.config["bridge.command_prefix"]))
+                    after=links_allowed_after(*wait))
                 return
         # The ghost in the PARTNER's room stands for this user.
         target_event_id = await self.portal.send(

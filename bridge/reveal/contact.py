@@ -6,6 +6,7 @@ import html
 from urllib.parse import quote
 
 from bridge import messages
+from bridge.i18n.direction import mark_rtl
 
 # Stands in for the contact while the sentence is rendered (and HTML-escaped, for the
 # formatted body); no message contains it.
@@ -18,17 +19,21 @@ def matrix_to(user_id: str) -> str:
     return "https://matrix.to/#/" + quote(user_id, safe="@:")
 
 
-def revealed_content(key: str, partner_id: str, prefix: str) -> dict:
-    """An m.notice naming `partner_id` (and nothing else about them), mentioning no one."""
+def revealed_content(key: str, partner_id: str, prefix: str, language: str = "en",
+                     rtl: bool = False) -> dict:
+    """An m.notice naming `partner_id` (and nothing else about them), mentioning no one, in
+    the reader's language (right to left where it reads so; see bridge/i18n/direction.py)."""
     link = matrix_to(partner_id)
-    sentence = messages.text(key, prefix=prefix, contact=_SLOT)
+    sentence = messages.text(key, language, prefix=prefix, contact=_SLOT)
+    if rtl:
+        sentence = mark_rtl(sentence)
     anchor = f'<a href="{html.escape(link)}">{html.escape(partner_id)}</a>'
+    formatted = html.escape(sentence, quote=False).replace(_SLOT, anchor).replace("\n", "<br>")
     return {
         "msgtype": "m.notice",
         "body": sentence.replace(_SLOT, f"{partner_id} ({link})"),
         "format": "org.matrix.custom.html",
-        "formatted_body": html.escape(sentence, quote=False).replace(_SLOT, anchor)
-                              .replace("\n", "<br>"),
+        "formatted_body": f'<div dir="rtl">{formatted}</div>' if rtl else formatted,
         # A link to a user is a mention to clients: say explicitly that nobody is pinged.
         "m.mentions": {},
     }

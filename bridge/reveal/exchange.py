@@ -16,7 +16,8 @@ from typing import Awaitable, Callable
 import asyncpg
 from mautrix.errors import MatrixRequestError
 
-from bridge import messages
+from bridge.i18n.language import is_rtl
+from bridge.i18n.notices import notice_content
 from bridge.portal import Portal, txn_id
 from bridge.replies import Reply
 from bridge.reveal import consent, store
@@ -98,13 +99,19 @@ class Reveal:
             sent.append(notice)
         return sent
 
+    async def _revealed(self, room_id: str, partner_id: str) -> dict:
+        language = await self.portal.language(room_id)
+        return revealed_content("reveal_done", partner_id, self.prefix, language,
+                                is_rtl(language))
+
     async def _send(self, conv: Conversation, notice: Due) -> None:
         txn = txn_id("reveal", notice.kind.value, conv.id, notice.side, notice.round)
         if notice.kind is not Kind.REVEALED:
             # Into the partner's room, by the partner's ghost: it stands for the requester.
             partner = conv.sides[1 - notice.side]
-            content = {"msgtype": "m.notice", "body": messages.text(
-                PARTNER_NOTICES[notice.kind], prefix=self.prefix)}
+            content = notice_content(await self.portal.language(partner.room_id),
+                                     PARTNER_NOTICES[notice.kind],
+                                     prefix=self.prefix).serialize()
             try:
                 await self.portal.send(partner.ghost_id, partner.room_id, "m.room.message",
                                        content, txn)
@@ -119,8 +126,7 @@ class Reveal:
         if await store.chat_is_on(self.pool, conv.id):
             try:
                 await self.portal.send(side.ghost_id, side.room_id, "m.room.message",
-                                       revealed_content("reveal_done", partner.user_id,
-                                                        self.prefix), txn)
+                                       await self._revealed(side.room_id, partner.user_id), txn)
                 log.info("Conversation %d: side %d told the partner's ID", conv.id, side.side)
                 return
             except MatrixRequestError as e:

@@ -83,3 +83,14 @@ async def set_tags(db, user_id: str, tags: tuple[str, ...]) -> None:
 
 async def set_lang(db, user_id: str, lang: str | None) -> None:
     await db.execute("UPDATE users SET lang = $2 WHERE user_id = $1", user_id, lang)
+
+
+async def lang_by_room(db, room_id: str) -> str | None:
+    """The language (`!lang`) of the user whose DM with the bot, or whose chat room, this is;
+    None when they chose none or the room is no user's."""
+    return await db.fetchval(
+        """SELECT lang FROM users WHERE dm_room_id = $1
+           UNION ALL
+           SELECT u.lang FROM conversation_sides s JOIN users u ON u.user_id = s.user_id
+           WHERE s.room_id = $1
+           LIMIT 1""", room_id)

@@ -59,7 +59,8 @@ async def test_lang_show_set_refuse_and_clear(pool, commands):
     ann = await agreed(pool, "ann")
     assert (await say(commands, ann, "!lang"))[0] == "lang_none"
     key, text = await say(commands, ann, "!lang FR-ca")
-    assert (key, text) == ("lang_set", "Your language: fr. They apply from your next !start.")
+    assert (key, text) == ("lang_set", "Your language: fr. I'll talk to you in it from now on. "
+                                       "They apply from your next !start.")
     assert (await say(commands, ann, "!lang"))[1].startswith("Your language: fr.")
     key, text = await say(commands, ann, "!lang klingon")
     assert key == "lang_invalid" and "klingon is not a language code" in text

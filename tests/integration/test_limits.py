@@ -114,7 +114,7 @@ async def test_too_fast_start_and_next_are_refused_politely(pool, world):
     assert key == "too_fast"
     assert messages.text(key, **values).startswith(
         "You're looking for new strangers too fast. You can start again in ")
-    assert values["wait"].endswith(" s")  # (the cooldown is 30 s, counted down from now)
+    assert messages.render(values["wait"]).endswith(" s")  # (the cooldown is 30 s, counted down from now)
     # The chat she is in goes on; after a !stop, !start is refused the same way.
     assert (await conversations.live_side_of(pool, ann)).conversation_id == with_cat
     await say(world.commands, ann, "!stop")
@@ -134,7 +134,7 @@ async def test_a_flooder_is_warned_then_the_chat_ends_and_the_partner_is_spared(
         (side.ghost_id, "!room_a:x", "flood_warning")]  # in ann's own room, by its ghost
     ended = await conversations.get(pool, conv.id)
     assert (ended.state, ended.end_reason, ended.ended_by) == ("ended", FLOODED, ann)
-    assert world.told == [(ann, "flood_ended", {"wait": "10 min"})]
+    assert world.told == [(ann, "flood_ended", {"wait": messages.duration(600)})]
     # Nothing reached bob's room, and ann cannot start again for now (even after a restart).
     assert world.portal.sent == []
     key, _, values = await say(world.commands, ann, "!start")

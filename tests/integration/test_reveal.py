@@ -37,6 +37,9 @@ class RecordingPortal:
         self.sent.append((ghost_id, room_id, content, txn))
         return f"$event{len(self.sent)}"
 
+    async def language(self, room_id: str) -> str:
+        return "en"  # (each room's language: the languages tests cover the others)
+
     def bodies(self, room_id: str) -> list[str]:
         return [content["body"] for _, room, content, _ in self.sent if room == room_id]
 

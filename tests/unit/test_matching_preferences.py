@@ -369,7 +369,7 @@ def test_opening_notice(shared, interests, language, expected):
     (0, "0 s"), (59.9, "59 s"), (60, "1 min"), (65, "1 min 5 s"), (3725, "1 h 2 min"),
     (7200, "2 h"), (3 * 86400, "3 days"), (-5, "0 s")])
 def test_duration(seconds, expected):
-    assert messages.duration(seconds) == expected
+    assert messages.render(messages.duration(seconds)) == expected
 
 
 def test_accepts_is_what_each_side_asked_for():
