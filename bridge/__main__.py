@@ -2,6 +2,7 @@
 
     python -m bridge -g -c config.yaml -r registration.yaml
     python -m bridge -c config.yaml [--migrate]
+    python -m bridge -c config.yaml --rotate-pickle-key [--old-pickle-key OLD]
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import logging
 import signal
 import sys
 
+import asyncpg
 from ruamel.yaml import YAML
 
 from bridge import registration
@@ -19,6 +21,7 @@ from bridge.app import StrangerBridge
 from bridge.config import Config, ConfigError
 from bridge.database import DatabaseError, migrate
 from bridge.encryption.crypto import MisconfiguredMode
+from bridge.encryption.pickle_key import PickleKeyError, rotate_config
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,7 +45,7 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def load_config(path: str, *, need_tokens: bool) -> Config:
+def load_config(path: str, *, need_tokens: bool, starting: bool = False) -> Config:
     config = Config(path)
     try:
         config.load()
@@ -54,7 +57,7 @@ def load_config(path: str, *, need_tokens: bool) -> Config:
         sys.exit(f"Config file {path} must be a YAML mapping of keys")
     config.update(save=False)
     try:
-        config.validate(need_tokens=need_tokens)
+        config.validate(need_tokens=need_tokens, starting=starting)
     except ConfigError as e:
         sys.exit(f"Invalid configuration in {path}: {e}")
     return config
@@ -82,9 +85,20 @@ def main() -> None:
                         help="where -g writes the registration")
     parser.add_argument("--migrate", action="store_true",
                         help="bring the database schema up to date and exit")
+    parser.add_argument("--rotate-pickle-key", action="store_true",
+                        help="re-encrypt the stored encryption keys with a fresh random "
+                             "bridge.encryption.pickle_key, write it to the config, and exit "
+                             "(stop every bridge process first)")
+    parser.add_argument("--old-pickle-key", metavar="OLD",
+                        help="with --rotate-pickle-key: the key the stored keys were written "
+                             "with, when the config no longer holds it")
     args = parser.parse_args()
+    if args.old_pickle_key and not args.rotate_pickle_key:
+        parser.error("--old-pickle-key goes with --rotate-pickle-key")
 
-    config = load_config(args.config, need_tokens=not args.generate_registration)
+    starting = not (args.generate_registration or args.migrate or args.rotate_pickle_key)
+    config = load_config(args.config, need_tokens=not args.generate_registration,
+                         starting=starting)
     setup_logging(config["logging.level"], config["logging.format"])
     if args.generate_registration:
         reg = registration.generate(config)
@@ -92,9 +106,16 @@ def main() -> None:
         with open(args.registration, "w") as f:
             YAML().dump(reg, f)
         print(f"Wrote {args.registration}; add it to your homeserver's app_service_config_files "
-              f"and restart the homeserver. Tokens were saved to {args.config}.")
+              f"and restart the homeserver. Tokens (and a random encryption pickle key in place of "
+              f"the example's) were saved to {args.config}.")
         return
     try:
+        if args.rotate_pickle_key:
+            rotated, _ = asyncio.run(rotate_config(config, args.old_pickle_key))
+            print(f"Re-encrypted {rotated.moved} stored encryption keys with a new "
+                  f"bridge.encryption.pickle_key ({rotated.already} already used it); the new "
+                  f"key is in {args.config}. Start the bridge again.")
+            return
         if args.migrate:
             asyncio.run(migrate(config["database.uri"]))
             print("Database schema is up to date.")
@@ -102,6 +123,12 @@ def main() -> None:
         asyncio.run(run(config))
     except DatabaseError as e:
         sys.exit(f"Database problem: {e}")
+    except PickleKeyError as e:
+        sys.exit(f"Encryption keys problem: {e}")
+    except (OSError, asyncpg.PostgresError) as e:
+        if not args.rotate_pickle_key:
+            raise
+        sys.exit(f"Could not rotate the pickle key (nothing changed): {e}")
     except MisconfiguredMode as e:
         sys.exit(f"Encryption mode problem: {e}")
 

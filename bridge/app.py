@@ -16,6 +16,7 @@ from bridge.encryption.crypto import Crypto
 from bridge.encryption.crypto_store import crypto_database, prune_expired_keys
 from bridge.encryption.device_events import DeviceEvents
 from bridge.encryption.ghost_devices import GhostDevices
+from bridge.encryption.pickle_key import adopt
 from bridge.handler import Handler
 from bridge.intake import IntakeAppService
 from bridge.moderation.limits import Limits
@@ -100,6 +101,8 @@ class StrangerBridge:
             # Before any pending event is handled: encrypted ones need it.
             self.crypto_db = crypto_database(c)
             await self.crypto_db.start()
+            async with self.pool.acquire() as conn:  # keys pickled with the placeholder
+                await adopt(conn, c["bridge.encryption.pickle_key"])
             self.crypto = Crypto(self.appservice, c, self.state_store, self.pool, self.crypto_db)
             await self.crypto.start()
             handler.crypto = self.portal.bot_crypto = self.crypto

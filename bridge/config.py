@@ -14,6 +14,8 @@ from mautrix.util.config import BaseFileConfig, ConfigUpdateHelper
 
 EXAMPLE_CONFIG = "pkg://bridge/example-config.yaml"
 PLACEHOLDER_TOKEN = "This value is generated when generating the registration"
+# example-config.yaml's bridge.encryption.pickle_key: public, so never used to run.
+PLACEHOLDER_PICKLE_KEY = "stranger_bridge_e2ee"
 # A ghost's random part: 20 characters from [a-z0-9], uniformly (about 103 bits).
 _GHOST_ALPHABET = string.ascii_lowercase + string.digits
 _GHOST_ALPHABET_SIZE = len(_GHOST_ALPHABET)
@@ -112,8 +114,10 @@ class Config(BaseFileConfig):
 
     # -- validation -----------------------------------------------------------------------
 
-    def validate(self, *, need_tokens: bool = True) -> None:
-        """Raise ConfigError naming the first key whose value is missing or invalid."""
+    def validate(self, *, need_tokens: bool = True, starting: bool = False) -> None:
+        """Raise ConfigError naming the first key whose value is missing or invalid.
+        `starting`: the bridge is about to run, so the example's placeholder pickle key is
+        refused too (-g, --migrate and --rotate-pickle-key run with it)."""
         _url(self, "homeserver.address")
         _str(self, "homeserver.domain", r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9a-fA-F:.]+\](:\d{1,5})?")
         if self["homeserver.domain"] == "example.org":
@@ -165,8 +169,7 @@ class Config(BaseFileConfig):
         _int(self, "bridge.media.max_bytes", 1024, 1024 ** 3)
         _int(self, "bridge.media.max_pixels", 1, 500_000_000)
         self._validate_moderation()
-        self._validate_encryption()
-        self._validate_moderation()
+        self._validate_encryption(starting)
         if self["logging.level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("logging.level", f"must be DEBUG, INFO, WARNING or ERROR, "
                                                f"got {self['logging.level']!r}")
@@ -213,7 +216,7 @@ class Config(BaseFileConfig):
             raise ConfigError("bridge.moderation.auto_suspend.min_share",
                               f"must be a number from 0 to 1, got {share!r}")
 
-    def _validate_encryption(self) -> None:
+    def _validate_encryption(self, starting: bool) -> None:
         for key in ("allow", "require", "appservice", "self_sign", "allow_key_sharing"):
             _bool(self, f"bridge.encryption.{key}")
         if not (self["bridge.encryption.default"] == "auto"
@@ -221,6 +224,14 @@ class Config(BaseFileConfig):
             raise ConfigError("bridge.encryption.default", "must be auto, true or false, got "
                                                            f"{self['bridge.encryption.default']!r}")
         _str(self, "bridge.encryption.pickle_key", r"\S{8,}")
+        if (starting and self["bridge.encryption.allow"]
+                and self["bridge.encryption.pickle_key"] == PLACEHOLDER_PICKLE_KEY):
+            raise ConfigError(
+                "bridge.encryption.pickle_key",
+                f"is still the example's {PLACEHOLDER_PICKLE_KEY!r}, which anyone can read: "
+                "run `python -m bridge -g -c CONFIG -r REGISTRATION` (it writes a random one) "
+                "or set a long random value yourself. Keys already stored with the placeholder "
+                "are moved to the new key at the next start")
         levels = ("unverified", "cross-signed-untrusted", "cross-signed-tofu",
                   "cross-signed-trusted", "verified")
         for key in ("receive", "send", "share"):
