@@ -26,6 +26,7 @@ from bridge.moderation.room import ModerationRoom
 from bridge.moderation.safety import Safety
 from bridge.pairing import Pairing
 from bridge.portal import Portal
+from bridge.privacy.forget import Forgetting
 from bridge.recovery import Recovery
 from bridge.relay.ephemeral import EphemeralRelay
 from bridge.relay.relayer import Relayer
@@ -74,8 +75,10 @@ class StrangerBridge:
         self.portal.on_closed = self._forget_conversation
         limits = Limits(self.pool, c)
         self.safety = Safety(self.pool, self.pairing)
+        self.forgetting = Forgetting(self.pool, self.pairing)
         handler = Handler(self.appservice, self.pool, c, self.portal, self.pairing,
-                          Commands(self.pool, self.pairing, limits, self.safety),
+                          Commands(self.pool, self.pairing, limits, self.safety,
+                                   self.forgetting),
                           Relayer(self.pool, c, self.portal, limits))
         handler_ref.append(handler)
         self.moderation_room = ModerationRoom(self.appservice, self.pool, c, handler.reply)
@@ -106,6 +109,7 @@ class StrangerBridge:
             self.crypto = Crypto(self.appservice, c, self.state_store, self.pool, self.crypto_db)
             await self.crypto.start()
             handler.crypto = self.portal.bot_crypto = self.crypto
+            self.forgetting.crypto_db = self.crypto_db
             self.portal.ghost_devices = GhostDevices(self.appservice, c, self.state_store,
                                                      self.pool, self.crypto_db)
             if device_events is not None:
@@ -166,6 +170,9 @@ class StrangerBridge:
     def _forget_conversation(self, room_ids: list[str], ghost_ids: list[str]) -> None:
         for room_id in room_ids:
             self.state_store.forget_room(room_id)
+        if self.forgetting.awaits(room_ids):
+            # A forgotten user's device list, fetched again for the ghost's goodbye.
+            self.background.spawn(self.forgetting.closed(room_ids), "forget devices")
         for ghost_id in ghost_ids:
             self.state_store.forget_user(ghost_id)
             self.appservice.intent.api.children.pop(ghost_id, None)

@@ -16,6 +16,7 @@ from bridge.moderation.restrictions import restriction_of
 from bridge.moderation.statement import statement_values
 from bridge.pairing import Pairing
 from bridge.portal import NEXT, RESTRICTED, STOP
+from bridge.privacy.forget import Forgetting
 from bridge.replies import Parsed, Reply
 from bridge.store import conversations, users
 
@@ -35,7 +36,7 @@ class Commands:
     ANSWERED_IN_CHAT_ROOM = frozenset({"help", "status"})
 
     def __init__(self, pool: asyncpg.Pool, pairing: Pairing, limits: Limits | None = None,
-                 safety=None) -> None:
+                 safety=None, forgetting: Forgetting | None = None) -> None:
         self.pool = pool
         self.pairing = pairing
         self.config = pairing.config
@@ -49,6 +50,8 @@ class Commands:
         }
         if safety is not None:
             self.table.update(report=self.report, block=self.block)
+        self.forgetting = forgetting or Forgetting(pool, pairing)
+        self.table["forget"] = self.forgetting.command  # in the DM only (not IN_CHAT_ROOM)
 
     async def run(self, user_id: str, command: Parsed) -> Reply:
         func = self.table.get(command.name)

@@ -79,6 +79,7 @@ class Config(BaseFileConfig):
             "bridge.policy_rooms", "bridge.allowed_servers", "bridge.denied_servers",
             *(f"bridge.rate_limits.{key}" for key in RATE_LIMIT_KEYS),
             "bridge.links.hold_messages", "bridge.links.hold_seconds",
+            "bridge.privacy.forget_window",
             "logging.level", "logging.format",
         ):
             copy(key)
@@ -191,6 +192,7 @@ class Config(BaseFileConfig):
                               "must be at least bridge.rate_limits.churn.cooldown")
         _int(self, "bridge.links.hold_messages", 0, 10000)
         _seconds(self, "bridge.links.hold_seconds", 0, 86400)
+        _seconds(self, "bridge.privacy.forget_window", 10, 86400)
         admins = self["bridge.admins"]
         if admins is None:
             admins = self["bridge.admins"] = []
