@@ -22,21 +22,26 @@ from bridge.config import Config, ConfigError
 from bridge.database import DatabaseError, migrate
 from bridge.encryption.crypto import MisconfiguredMode
 from bridge.encryption.pickle_key import PickleKeyError, rotate_config
+from bridge.privacy.log_filter import RedactUserIds
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record), "level": record.levelname,
                  "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
-def setup_logging(level: str, fmt: str) -> None:
+def setup_logging(config: Config) -> None:
+    level, fmt = config["logging.level"], config["logging.format"]
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    admins = set(config["bridge.admins"] or ())
+    handler.addFilter(RedactUserIds(lambda user_id: user_id == config.bot_mxid
+                                    or user_id in admins or config.is_ghost(user_id)))
     logging.basicConfig(level=level, handlers=[handler])
     # mautrix logs every request WITH its body at DEBUG: message text must never reach the
     # logs, so its loggers stay at INFO or above whatever our level is.
@@ -99,7 +104,7 @@ def main() -> None:
     starting = not (args.generate_registration or args.migrate or args.rotate_pickle_key)
     config = load_config(args.config, need_tokens=not args.generate_registration,
                          starting=starting)
-    setup_logging(config["logging.level"], config["logging.format"])
+    setup_logging(config)
     if args.generate_registration:
         reg = registration.generate(config)
         config.save()
