@@ -7,6 +7,7 @@ import logging
 import asyncpg
 from mautrix.errors import MatrixError
 
+from bridge import bot_profile
 from bridge.background import Background
 from bridge.commands import Commands
 from bridge.config import Config
@@ -160,8 +161,7 @@ class StrangerBridge:
                     raise
                 log.info("Homeserver not ready (%s); retrying", e)
                 await asyncio.sleep(1)
-        if self.config["appservice.bot_displayname"]:
-            await bot.set_displayname(self.config["appservice.bot_displayname"])
+        await bot_profile.apply(bot, self.pool, self.config)
 
     async def _conversation_changed(self, conversation_id: int) -> None:
         conv = await conversations.get(self.pool, conversation_id)

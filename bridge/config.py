@@ -5,6 +5,8 @@ convention), then `validate()` checks every value and names the key that is wron
 """
 from __future__ import annotations
 
+import mimetypes
+import os
 import re
 import secrets
 import string
@@ -53,7 +55,7 @@ class Config(BaseFileConfig):
         for key in (
             "homeserver.address", "homeserver.domain", "homeserver.verify_ssl",
             "appservice.address", "appservice.hostname", "appservice.port", "appservice.id",
-            "appservice.bot_username", "appservice.bot_displayname",
+            "appservice.bot_username", "appservice.bot_displayname", "appservice.bot_avatar",
             "appservice.as_token", "appservice.hs_token",
             "database.uri", "database.pool_min_size", "database.pool_max_size",
             "database.migrate_on_start",
@@ -132,6 +134,7 @@ class Config(BaseFileConfig):
         _str(self, "appservice.bot_username", r"[a-z0-9._=\-/]+")
         if not isinstance(self["appservice.bot_displayname"], (str, type(None))):
             raise ConfigError("appservice.bot_displayname", "must be text or empty")
+        _avatar(self, "appservice.bot_avatar")
         if need_tokens:
             for key in ("appservice.as_token", "appservice.hs_token"):
                 if self[key] == PLACEHOLDER_TOKEN:
@@ -241,6 +244,24 @@ class Config(BaseFileConfig):
             if value not in levels:
                 raise ConfigError(f"bridge.encryption.verification_levels.{key}",
                                   f"must be one of {', '.join(levels)}, got {value!r}")
+
+
+def _avatar(config: Config, key: str) -> None:
+    """Empty, an mxc:// URI, or an image file that exists (uploaded at start)."""
+    value = config[key]
+    if value in (None, ""):
+        return
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be an mxc:// URI or an image file's path, got {value!r}")
+    if value.startswith("mxc://"):
+        if not re.fullmatch(r"mxc://[A-Za-z0-9.\-:\[\]]+/[A-Za-z0-9_\-]+", value):
+            raise ConfigError(key, f"is not a valid mxc:// URI: {value!r}")
+        return
+    if not os.path.isfile(value):
+        raise ConfigError(key, f"no such file: {value!r} (give an mxc:// URI or an image "
+                               "file's path)")
+    if not (mimetypes.guess_type(value)[0] or "").startswith("image/"):
+        raise ConfigError(key, f"{value!r} is not an image file (.png, .jpg, .gif, .webp)")
 
 
 def _list(config: Config, key: str, pattern: str, example: str) -> None:

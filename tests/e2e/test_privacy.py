@@ -109,3 +109,51 @@ async def test_forget_in_a_live_chat_and_nothing_of_the_users_in_the_log(
         for secret in (client.user_id, localpart, client.display_name, texts[client]):
             assert secret not in log, f"{secret!r} is in the bridge's log"
     assert_anonymous(bridged.bridge_domain, (alice, bob), (bob, alice))
+
+
+async def test_the_bots_avatar_from_a_file_is_uploaded_once_and_set(bridged: BridgedLab,
+                                                                     tmp_path):
+    """appservice.bot_avatar as a local file: uploaded to the bridge's homeserver, set as the
+    bot's avatar at start, and re-used (not uploaded again) by the next start."""
+    import hashlib
+    import io
+    from urllib.parse import quote
+
+    import aiohttp
+    from PIL import Image
+
+    png = tmp_path / "bot.png"
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 90)).save(buffer, "PNG")
+    png.write_bytes(buffer.getvalue())
+    viewer = await bridged.client(1, "Viewer")  # on the other homeserver: over federation
+    base = bridged.lab.homeservers[1].client_url
+    headers = {"Authorization": f"Bearer {viewer.nio.access_token}"}
+
+    async def avatar_url(session) -> str:
+        async with session.get(f"{base}/_matrix/client/v3/profile/{quote(bridged.bot_id)}",
+                               headers=headers) as response:
+            assert response.status == 200
+            return (await response.json()).get("avatar_url")
+
+    async def stored() -> str | None:
+        conn = await asyncpg.connect(bridged.database_uri)
+        try:
+            return await conn.fetchval(
+                "SELECT value FROM bridge_state WHERE key = 'bot_avatar_upload'")
+        finally:
+            await conn.close()
+
+    async with aiohttp.ClientSession() as session:
+        async with bridged.reconfigured(**{"appservice.bot_avatar": str(png)}):
+            url = await avatar_url(session)
+            assert url.startswith(f"mxc://{bridged.bridge_domain}/")
+            server, media_id = url.removeprefix("mxc://").split("/")
+            async with session.get(f"{base}/_matrix/client/v1/media/download/{server}/"
+                                   f"{media_id}", headers=headers) as response:
+                assert response.status == 200
+                assert await response.read() == png.read_bytes()
+            assert await stored() == f"{hashlib.sha256(png.read_bytes()).hexdigest()} {url}"
+            await bridged.bridge.restart()
+            assert await avatar_url(session) == url  # the same upload, not a new one
+            assert await stored() == f"{hashlib.sha256(png.read_bytes()).hexdigest()} {url}"
