@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -108,7 +109,10 @@ def main() -> None:
     if args.generate_registration:
         reg = registration.generate(config)
         config.save()
-        with open(args.registration, "w") as f:
+        # 0600 like the config: it holds both tokens (give the homeserver's user read access).
+        fd = os.open(args.registration, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with open(fd, "w") as f:
             YAML().dump(reg, f)
         print(f"Wrote {args.registration}; add it to your homeserver's app_service_config_files "
               f"and restart the homeserver. Tokens (and a random encryption pickle key in place of "

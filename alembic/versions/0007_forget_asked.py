@@ -1,5 +1,5 @@
 """!forget asks for a confirmation: when the user asked, so `!forget confirm` counts only
-within bridge.privacy.forget_confirm_window (in PostgreSQL, so any bridge process handles the
+within bridge.privacy.forget_window (in PostgreSQL, so any bridge process handles the
 confirmation).
 
 Revision ID: 0007_forget_asked

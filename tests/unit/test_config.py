@@ -199,6 +199,9 @@ def test_generate_registration(tmp_path):
 
     reg = YAML().load(registration_path.read_text())
     saved = YAML().load(config_path.read_text())
+    # Both hold the tokens: readable by their owner only.
+    assert registration_path.stat().st_mode & 0o077 == 0
+    assert config_path.stat().st_mode & 0o077 == 0
     assert reg["as_token"] == saved["appservice"]["as_token"]
     assert reg["hs_token"] == saved["appservice"]["hs_token"]
     assert reg["as_token"] != reg["hs_token"]
