@@ -66,9 +66,9 @@ class Forgetting:
         for attempt in range(3):
             side = await conversations.live_side_of(self.pool, user_id)
             if side is not None:
-                await self.pairing.end(side.conversation_id, STOP, user_id)
-                if side.room_id:
+                if side.room_id:  # before the end: its closing may be quick
                     self._closing[side.room_id] = user_id
+                await self.pairing.end(side.conversation_id, STOP, user_id)
             await queue.dequeue(self.pool, user_id)
             try:
                 async with self.pool.acquire() as conn:
