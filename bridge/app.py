@@ -7,6 +7,7 @@ import logging
 import asyncpg
 from mautrix.errors import MatrixError
 
+from bridge import bot_profile
 from bridge.background import Background
 from bridge.commands import Commands
 from bridge.config import Config
@@ -16,6 +17,7 @@ from bridge.encryption.crypto import Crypto
 from bridge.encryption.crypto_store import crypto_database, prune_expired_keys
 from bridge.encryption.device_events import DeviceEvents
 from bridge.encryption.ghost_devices import GhostDevices
+from bridge.encryption.pickle_key import adopt
 from bridge.handler import Handler
 from bridge.intake import IntakeAppService
 from bridge.moderation.limits import Limits
@@ -25,6 +27,7 @@ from bridge.moderation.room import ModerationRoom
 from bridge.moderation.safety import Safety
 from bridge.pairing import Pairing
 from bridge.portal import Portal
+from bridge.privacy.forget import Forgetting
 from bridge.recovery import Recovery
 from bridge.relay.ephemeral import EphemeralRelay
 from bridge.relay.relayer import Relayer
@@ -78,8 +81,10 @@ class StrangerBridge:
         self.reveal = Reveal(self.pool, self.portal,
                              notify_dm=lambda *a, **v: handler_ref[0].notify_dm(*a, **v),
                              prefix=c["bridge.command_prefix"])
+        self.forgetting = Forgetting(self.pool, self.pairing)
         handler = Handler(self.appservice, self.pool, c, self.portal, self.pairing,
-                          Commands(self.pool, self.pairing, limits, self.safety, self.reveal),
+                          Commands(self.pool, self.pairing, limits, self.safety,
+                                   reveal=self.reveal, forgetting=self.forgetting),
                           Relayer(self.pool, c, self.portal, limits))
         handler_ref.append(handler)
         self.moderation_room = ModerationRoom(self.appservice, self.pool, c, handler.reply)
@@ -105,9 +110,12 @@ class StrangerBridge:
             # Before any pending event is handled: encrypted ones need it.
             self.crypto_db = crypto_database(c)
             await self.crypto_db.start()
+            async with self.pool.acquire() as conn:  # keys pickled with the placeholder
+                await adopt(conn, c["bridge.encryption.pickle_key"])
             self.crypto = Crypto(self.appservice, c, self.state_store, self.pool, self.crypto_db)
             await self.crypto.start()
             handler.crypto = self.portal.bot_crypto = self.crypto
+            self.forgetting.crypto_db = self.crypto_db
             self.portal.ghost_devices = GhostDevices(self.appservice, c, self.state_store,
                                                      self.pool, self.crypto_db)
             if device_events is not None:
@@ -161,8 +169,7 @@ class StrangerBridge:
                     raise
                 log.info("Homeserver not ready (%s); retrying", e)
                 await asyncio.sleep(1)
-        if self.config["appservice.bot_displayname"]:
-            await bot.set_displayname(self.config["appservice.bot_displayname"])
+        await bot_profile.apply(bot, self.pool, self.config)
 
     async def _conversation_changed(self, conversation_id: int) -> None:
         conv = await conversations.get(self.pool, conversation_id)
@@ -171,6 +178,9 @@ class StrangerBridge:
     def _forget_conversation(self, room_ids: list[str], ghost_ids: list[str]) -> None:
         for room_id in room_ids:
             self.state_store.forget_room(room_id)
+        if self.forgetting.awaits(room_ids):
+            # A forgotten user's device list, fetched again for the ghost's goodbye.
+            self.background.spawn(self.forgetting.closed(room_ids), "forget devices")
         for ghost_id in ghost_ids:
             self.state_store.forget_user(ghost_id)
             self.appservice.intent.api.children.pop(ghost_id, None)

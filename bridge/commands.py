@@ -19,6 +19,7 @@ from bridge.moderation.restrictions import restriction_of
 from bridge.moderation.statement import statement_values
 from bridge.pairing import Pairing
 from bridge.portal import NEXT, RESTRICTED, STOP
+from bridge.privacy.forget import Forgetting
 from bridge.replies import Parsed, Reply
 from bridge.store import conversations, users
 from bridge.store.conversations import Side
@@ -42,7 +43,8 @@ class Commands:
     ANSWERED_IN_CHAT_ROOM = frozenset({"help", "status", "reveal"})
 
     def __init__(self, pool: asyncpg.Pool, pairing: Pairing, limits: Limits | None = None,
-                 safety=None, reveal: Reveal | None = None) -> None:
+                 safety=None, reveal: Reveal | None = None,
+                 forgetting: Forgetting | None = None) -> None:
         self.pool = pool
         self.pairing = pairing
         self.config = pairing.config
@@ -62,6 +64,8 @@ class Commands:
         if reveal is not None:
             self.table["reveal"] = self.reveal_in_dm
             self.in_room["reveal"] = reveal.command
+        self.forgetting = forgetting or Forgetting(pool, pairing)
+        self.table["forget"] = self.forgetting.command  # in the DM only (not IN_CHAT_ROOM)
 
     async def run(self, user_id: str, command: Parsed, side: Side | None = None) -> Reply | None:
         """Run a command of `user_id`'s, sent in their DM or (`side`) in a chat room of

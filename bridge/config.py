@@ -5,6 +5,8 @@ convention), then `validate()` checks every value and names the key that is wron
 """
 from __future__ import annotations
 
+import mimetypes
+import os
 import re
 import secrets
 import string
@@ -16,6 +18,8 @@ from bridge.i18n import catalogs
 
 EXAMPLE_CONFIG = "pkg://bridge/example-config.yaml"
 PLACEHOLDER_TOKEN = "This value is generated when generating the registration"
+# example-config.yaml's bridge.encryption.pickle_key: public, so never used to run.
+PLACEHOLDER_PICKLE_KEY = "stranger_bridge_e2ee"
 # A ghost's random part: 20 characters from [a-z0-9], uniformly (about 103 bits).
 _GHOST_ALPHABET = string.ascii_lowercase + string.digits
 _GHOST_ALPHABET_SIZE = len(_GHOST_ALPHABET)
@@ -53,7 +57,7 @@ class Config(BaseFileConfig):
         for key in (
             "homeserver.address", "homeserver.domain", "homeserver.verify_ssl",
             "appservice.address", "appservice.hostname", "appservice.port", "appservice.id",
-            "appservice.bot_username", "appservice.bot_displayname",
+            "appservice.bot_username", "appservice.bot_displayname", "appservice.bot_avatar",
             "appservice.as_token", "appservice.hs_token",
             "database.uri", "database.pool_min_size", "database.pool_max_size",
             "database.migrate_on_start",
@@ -80,6 +84,7 @@ class Config(BaseFileConfig):
             "bridge.policy_rooms", "bridge.allowed_servers", "bridge.denied_servers",
             *(f"bridge.rate_limits.{key}" for key in RATE_LIMIT_KEYS),
             "bridge.links.hold_messages", "bridge.links.hold_seconds",
+            "bridge.privacy.forget_window",
             "logging.level", "logging.format",
         ):
             copy(key)
@@ -115,8 +120,10 @@ class Config(BaseFileConfig):
 
     # -- validation -----------------------------------------------------------------------
 
-    def validate(self, *, need_tokens: bool = True) -> None:
-        """Raise ConfigError naming the first key whose value is missing or invalid."""
+    def validate(self, *, need_tokens: bool = True, starting: bool = False) -> None:
+        """Raise ConfigError naming the first key whose value is missing or invalid.
+        `starting`: the bridge is about to run, so the example's placeholder pickle key is
+        refused too (-g, --migrate and --rotate-pickle-key run with it)."""
         _url(self, "homeserver.address")
         _str(self, "homeserver.domain", r"[A-Za-z0-9.\-]+(:\d{1,5})?|\[[0-9a-fA-F:.]+\](:\d{1,5})?")
         if self["homeserver.domain"] == "example.org":
@@ -130,6 +137,7 @@ class Config(BaseFileConfig):
         _str(self, "appservice.bot_username", r"[a-z0-9._=\-/]+")
         if not isinstance(self["appservice.bot_displayname"], (str, type(None))):
             raise ConfigError("appservice.bot_displayname", "must be text or empty")
+        _avatar(self, "appservice.bot_avatar")
         if need_tokens:
             for key in ("appservice.as_token", "appservice.hs_token"):
                 if self[key] == PLACEHOLDER_TOKEN:
@@ -172,8 +180,7 @@ class Config(BaseFileConfig):
         _int(self, "bridge.media.max_bytes", 1024, 1024 ** 3)
         _int(self, "bridge.media.max_pixels", 1, 500_000_000)
         self._validate_moderation()
-        self._validate_encryption()
-        self._validate_moderation()
+        self._validate_encryption(starting)
         if self["logging.level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("logging.level", f"must be DEBUG, INFO, WARNING or ERROR, "
                                                f"got {self['logging.level']!r}")
@@ -195,6 +202,7 @@ class Config(BaseFileConfig):
                               "must be at least bridge.rate_limits.churn.cooldown")
         _int(self, "bridge.links.hold_messages", 0, 10000)
         _seconds(self, "bridge.links.hold_seconds", 0, 86400)
+        _seconds(self, "bridge.privacy.forget_window", 10, 86400)
         admins = self["bridge.admins"]
         if admins is None:
             admins = self["bridge.admins"] = []
@@ -220,7 +228,7 @@ class Config(BaseFileConfig):
             raise ConfigError("bridge.moderation.auto_suspend.min_share",
                               f"must be a number from 0 to 1, got {share!r}")
 
-    def _validate_encryption(self) -> None:
+    def _validate_encryption(self, starting: bool) -> None:
         for key in ("allow", "require", "appservice", "self_sign", "allow_key_sharing"):
             _bool(self, f"bridge.encryption.{key}")
         if not (self["bridge.encryption.default"] == "auto"
@@ -228,6 +236,14 @@ class Config(BaseFileConfig):
             raise ConfigError("bridge.encryption.default", "must be auto, true or false, got "
                                                            f"{self['bridge.encryption.default']!r}")
         _str(self, "bridge.encryption.pickle_key", r"\S{8,}")
+        if (starting and self["bridge.encryption.allow"]
+                and self["bridge.encryption.pickle_key"] == PLACEHOLDER_PICKLE_KEY):
+            raise ConfigError(
+                "bridge.encryption.pickle_key",
+                f"is still the example's {PLACEHOLDER_PICKLE_KEY!r}, which anyone can read: "
+                "run `python -m bridge -g -c CONFIG -r REGISTRATION` (it writes a random one) "
+                "or set a long random value yourself. Keys already stored with the placeholder "
+                "are moved to the new key at the next start")
         levels = ("unverified", "cross-signed-untrusted", "cross-signed-tofu",
                   "cross-signed-trusted", "verified")
         for key in ("receive", "send", "share"):
@@ -235,6 +251,24 @@ class Config(BaseFileConfig):
             if value not in levels:
                 raise ConfigError(f"bridge.encryption.verification_levels.{key}",
                                   f"must be one of {', '.join(levels)}, got {value!r}")
+
+
+def _avatar(config: Config, key: str) -> None:
+    """Empty, an mxc:// URI, or an image file that exists (uploaded at start)."""
+    value = config[key]
+    if value in (None, ""):
+        return
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be an mxc:// URI or an image file's path, got {value!r}")
+    if value.startswith("mxc://"):
+        if not re.fullmatch(r"mxc://[A-Za-z0-9.\-:\[\]]+/[A-Za-z0-9_\-]+", value):
+            raise ConfigError(key, f"is not a valid mxc:// URI: {value!r}")
+        return
+    if not os.path.isfile(value):
+        raise ConfigError(key, f"no such file: {value!r} (give an mxc:// URI or an image "
+                               "file's path)")
+    if not (mimetypes.guess_type(value)[0] or "").startswith("image/"):
+        raise ConfigError(key, f"{value!r} is not an image file (.png, .jpg, .gif, .webp)")
 
 
 def _list(config: Config, key: str, pattern: str, example: str) -> None:

@@ -23,6 +23,7 @@ from bridge.moderation.policy_lists import PolicyLists
 from bridge.moderation.room import ModerationRoom
 from bridge.pairing import Pairing
 from bridge.portal import LEFT, Portal, txn_id
+from bridge.privacy.forget import FORGOTTEN
 from bridge.relay.calls import joins_group_call
 from bridge.relay.relayer import Relayer
 from bridge.replies import parse
@@ -265,6 +266,20 @@ class Handler:
         reply = await self.commands.run(sender, command)
         await self.reply(room_id, reply.key, event["event_id"],
                          command=f"{self.prefix}{command.name}"[:50], **reply.values)
+        if reply.key == FORGOTTEN:
+            await self.after_forgotten(sender, room_id)
+
+    async def after_forgotten(self, user_id: str, room_id: str) -> None:
+        """The user is forgotten and told: the DM is no longer known as theirs, so the bot
+        leaves it (they may invite it again), and drops the device list it kept of them."""
+        try:
+            await self.bot.leave_room(room_id)
+        except MatrixRequestError as e:
+            if e.http_status >= 500 or e.http_status == 429:
+                raise
+            log.info("Could not leave a forgotten user's DM %s: %s", room_id, e)
+        self.appservice.state_store.forget_room(room_id)
+        await self.commands.forgetting.forget_devices(user_id)
 
     async def on_moderation_event(self, event: dict) -> None:
         """A moderator's command (only admins' messages count; anything else said there is

@@ -46,9 +46,36 @@ ENGLISH: dict[str, str] = {
         "chat, or just after it)\n"
         "{prefix}reveal: in a chat, offer to exchange Matrix IDs with the stranger; only when "
         "you both send it does each see the other's ID ({prefix}reveal cancel takes it back)\n"
+        "{prefix}forget: erase everything I hold about you (I ask you to confirm first)\n"
         "{prefix}help: this list\n\n"
         "In a chat room, leaving the room ends the chat and finds you someone new.\n\n"
         "I speak {languages}. Commands keep their names in every language."
+    ),
+    "forget_confirm": (
+        "This erases everything I hold about you: that you accepted the rules, your "
+        "interests and language, your place in the queue, your recent partners and the "
+        "strangers you blocked, and the IDs of your messages. A chat you are in ends. "
+        "Reports made by you or about you and the moderators' decisions are kept: they are "
+        "the operator's legal record. To go ahead, send {prefix}forget confirm within "
+        "{minutes} minutes."
+    ),
+    "forgotten": (
+        "Done: I have forgotten you. Your past chats no longer carry your Matrix ID. Kept, "
+        "as the operator's legal record: reports made by you or about you, the moderators' "
+        "decisions (suspensions and bans) and the evidence a report holds. I'm leaving this "
+        "room now; invite me again whenever you like."
+    ),
+    "forget_not_asked": (
+        "Nothing to confirm: send {prefix}forget first, then {prefix}forget confirm within "
+        "{minutes} minutes."
+    ),
+    "forget_usage": (
+        "{prefix}forget erases everything I hold about you. Send {prefix}forget, and I'll ask "
+        "you to confirm with {prefix}forget confirm."
+    ),
+    "forget_cooldown": (
+        "I can't forget you while a pause on new chats is running (forgetting would lift "
+        "it). Try again in {wait}."
     ),
     "agreed": "Thanks! Send {prefix}start when you are ready to meet a stranger.",
     "already_agreed": "You have already accepted the rules. Send {prefix}start to meet a stranger.",

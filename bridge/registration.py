@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from bridge.config import Config
+from bridge.config import PLACEHOLDER_PICKLE_KEY, Config
 
 
 def new_token() -> str:
@@ -15,6 +15,11 @@ def generate(config: Config) -> dict:
     """Fresh tokens go into the config (so the bridge knows them) and the registration."""
     config["appservice.as_token"] = new_token()
     config["appservice.hs_token"] = new_token()
+    # Only the example's placeholder is replaced: a key of the operator's own (or one an
+    # earlier -g wrote) is what the database's stored keys are pickled with. Keys stored
+    # with the placeholder are moved to the new one at the next start (pickle_key.adopt).
+    if config["bridge.encryption.pickle_key"] == PLACEHOLDER_PICKLE_KEY:
+        config["bridge.encryption.pickle_key"] = secrets.token_urlsafe(32)
     return {**_base(config), **EPHEMERAL_FLAGS, **encryption_flags(config)}
 
 

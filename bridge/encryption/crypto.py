@@ -235,7 +235,7 @@ class Crypto:
             try:
                 evt = ToDeviceEvent.deserialize(raw)
             except Exception:
-                log.warning("Skipped a malformed to-device event from %s", raw.get("sender"))
+                log.warning("Skipped a malformed to-device event")
                 continue
             evt.source = SyncStream.TO_DEVICE
             work.append(self.handle_to_device(evt))

@@ -20,7 +20,7 @@ from mautrix.types import EventType, Membership
 from mautrix.util.async_db import Database
 
 from bridge.config import Config
-from bridge.encryption.olm import POOL_ARGS
+from bridge.encryption.olm import POOL_ARGS, forget_cached_devices
 from bridge.state_store import TrimmedStateStore
 from bridge.store import conversations, users
 
@@ -102,3 +102,16 @@ async def prune_expired_keys(store: PgCryptoStore) -> int:
            (SELECT 1 FROM crypto_megolm_inbound_session AS s
             WHERE s.session_id = mi.session_id AND s.session IS NOT NULL)""")
     return len(redacted)
+
+
+async def forget_user(db: Database, user_id: str) -> None:
+    """What the crypto store keeps of another user (their devices' public keys, their
+    cross-signing keys and signatures, that their device list is tracked): `!forget`. If a
+    device of ours talks to them again, mautrix fetches the list again."""
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM crypto_tracked_user WHERE user_id = $1", user_id)
+        await conn.execute("DELETE FROM crypto_device WHERE user_id = $1", user_id)
+        await conn.execute("DELETE FROM crypto_cross_signing_keys WHERE user_id = $1", user_id)
+        await conn.execute("""DELETE FROM crypto_cross_signing_signatures
+                              WHERE signed_user_id = $1 OR signer_user_id = $1""", user_id)
+    forget_cached_devices(db, user_id)

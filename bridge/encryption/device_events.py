@@ -154,10 +154,10 @@ class DeviceEvents:
         try:
             evt = ToDeviceEvent.deserialize(raw)
         except Exception:
-            log.warning("Skipped a malformed to-device event from %s", raw["sender"])
+            log.warning("Skipped a malformed to-device event")
             return
         evt.source = SyncStream.TO_DEVICE
-        await self._guard(f"to-device {raw['type']} from {raw['sender']}",
+        await self._guard(f"to-device {raw['type']}",
                           device.handle_to_device(evt))
 
     @staticmethod

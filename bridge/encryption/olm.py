@@ -52,7 +52,8 @@ class _Devices:
     account column: the bot's and the ghosts' devices share it). Every write to crypto_device
     in this process goes through some BridgeCryptoStore.put_devices, except delete_account
     (bridge/encryption/crypto_store.py) deleting a ghost's own device keys as its device goes for good, which
-    closes its store after: BridgeCryptoStore.close forgets them."""
+    closes its store after: BridgeCryptoStore.close forgets them; and crypto_store.forget_user
+    (`!forget`), which calls forget_cached_devices."""
 
     def __init__(self) -> None:
         self.users: OrderedDict[str, dict[str, DeviceIdentity]] = OrderedDict()
@@ -64,6 +65,12 @@ class _Devices:
 
 
 _devices_by_db: "weakref.WeakKeyDictionary[Database, _Devices]" = weakref.WeakKeyDictionary()
+
+
+def forget_cached_devices(db: Database, user_id: str) -> None:
+    """A user's device keys were deleted behind the stores' backs (crypto_store.forget_user)."""
+    if (devices := _devices_by_db.get(db)) is not None:
+        devices.forget(user_id)
 
 
 @dataclass(eq=False)

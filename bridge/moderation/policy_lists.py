@@ -218,8 +218,9 @@ class PolicyLists:
         applies (its users must be stopped), else None."""
         if is_rule_event(event):
             rule = await apply_state(self.pool, event)
-            log.info("Policy room %s: rule %s %s", event["room_id"],
-                     "set" if rule else "lifted", event["state_key"])
+            # Not the rule's entity: it may name a user.
+            log.info("Policy room %s: a %s rule %s", event["room_id"], event["type"],
+                     "set" if rule else "lifted")
             return rule
         if event.get("type") == "m.room.redaction":
             redacts = event.get("redacts") or (event.get("content") or {}).get("redacts")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from bridge.config import PLACEHOLDER_TOKEN, Config, ConfigError
+from bridge.config import PLACEHOLDER_PICKLE_KEY, PLACEHOLDER_TOKEN, Config, ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "bridge" / "example-config.yaml"
@@ -199,6 +199,9 @@ def test_generate_registration(tmp_path):
 
     reg = YAML().load(registration_path.read_text())
     saved = YAML().load(config_path.read_text())
+    # Both hold the tokens: readable by their owner only.
+    assert registration_path.stat().st_mode & 0o077 == 0
+    assert config_path.stat().st_mode & 0o077 == 0
     assert reg["as_token"] == saved["appservice"]["as_token"]
     assert reg["hs_token"] == saved["appservice"]["hs_token"]
     assert reg["as_token"] != reg["hs_token"]
@@ -222,11 +225,25 @@ def test_generate_registration(tmp_path):
     assert any(re.fullmatch(r, config.ghost_mxid()) for r in regexes)
     assert not any(re.fullmatch(r, "@alice:chat.example.net") for r in regexes)
 
-    # A second run makes new tokens.
+    # A random pickle key replaced the example's, so the bridge may start.
+    pickle_key = saved["bridge"]["encryption"]["pickle_key"]
+    assert pickle_key != PLACEHOLDER_PICKLE_KEY and len(pickle_key) >= 32
+    config.validate(starting=True)
+
+    # A second run makes new tokens, and keeps the pickle key: the stored keys need it.
     result = run_cli("-g", "-c", str(config_path), "-r", str(registration_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     again = YAML().load(registration_path.read_text())
     assert {again["as_token"], again["hs_token"]}.isdisjoint({reg["as_token"], reg["hs_token"]})
+    assert YAML().load(config_path.read_text())["bridge"]["encryption"]["pickle_key"] == pickle_key
+
+
+def test_cli_refuses_the_placeholder_pickle_key(tmp_path):
+    config_path = write_yaml(tmp_path / "config.yaml", valid())
+    result = run_cli("-c", str(config_path), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "bridge.encryption.pickle_key" in result.stderr
+    assert "-g" in result.stderr
 
 
 def test_cli_refuses_an_invalid_key(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from bridge.config import Config, ConfigError
+from bridge.config import PLACEHOLDER_PICKLE_KEY, Config, ConfigError
 
 
 def load(tmp_path: Path, data: dict) -> Config:
@@ -61,3 +61,21 @@ def test_invalid_encryption_value_names_its_key(tmp_path, key, value):
 def test_invalid_verification_level_names_its_key(tmp_path):
     data = valid(bridge={"encryption": {"verification_levels": {"send": "trusted"}}})
     assert_invalid(tmp_path, data, "bridge.encryption.verification_levels.send")
+
+
+def test_the_placeholder_pickle_key_is_refused_at_start(tmp_path):
+    config = load(tmp_path, valid())
+    assert config["bridge.encryption.pickle_key"] == PLACEHOLDER_PICKLE_KEY  # the example's
+    config.validate()  # -g, --migrate and --rotate-pickle-key run with it
+    with pytest.raises(ConfigError) as caught:
+        config.validate(starting=True)
+    assert caught.value.key == "bridge.encryption.pickle_key"
+    assert "-g" in str(caught.value) and "placeholder" in str(caught.value)
+
+
+def test_the_placeholder_pickle_key_is_no_matter_without_encryption(tmp_path):
+    load(tmp_path, valid(bridge={"encryption": {"allow": False}})).validate(starting=True)
+
+
+def test_an_own_pickle_key_starts(tmp_path):
+    load(tmp_path, valid(bridge={"encryption": {"pickle_key": "x" * 40}})).validate(starting=True)

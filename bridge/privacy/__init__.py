@@ -1,0 +1,1 @@
+"""Privacy: `!forget` (erasing what the bridge holds about a user)."""
