@@ -40,7 +40,7 @@ _VERSION_PART = re.compile(r"[A-Za-z0-9.+_-]{1,40}")
 ALLOWED: dict[str, object] = {
     "reason": frozenset(END_REASONS + (OTHER,)),
     "kind": frozenset(REFUSED_KINDS + SANCTION_KINDS + (OTHER,)),
-    "where": frozenset(UNDECRYPTABLE_PLACES),
+    "where": frozenset(UNDECRYPTABLE_PLACES + (OTHER,)),
     "component": frozenset(COMPONENTS + (OTHER,)),
     "source": frozenset(SANCTION_SOURCES + (OTHER,)),
     "state": frozenset(LIVE_STATES),
