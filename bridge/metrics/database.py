@@ -36,7 +36,7 @@ class DatabaseGauges(Collector):
         """Read the counts again unless they are fresh (concurrent scrapes share one read)."""
         if time.monotonic() - self._read_at < self.max_age:
             return
-        if self._reading is None:
+        if self._reading is None or self._reading.done():
             self._reading = asyncio.ensure_future(self._read())
         reading = self._reading
         try:

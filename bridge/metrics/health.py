@@ -72,7 +72,7 @@ class HealthCheck(Collector):
         """The latest result, checked again when older than max_age."""
         if self.last is not None and time.monotonic() - self._checked_at < self.max_age:
             return self.last
-        if self._checking is None:
+        if self._checking is None or self._checking.done():
             self._checking = asyncio.ensure_future(self._check())
         checking = self._checking
         try:

@@ -102,7 +102,7 @@ def live(found: Scrape) -> float:
 @ENCRYPTION
 async def test_a_conversation_moves_the_metrics(oplab: BridgedLab, alice_encrypted: bool,
                                                bob_encrypted: bool):
-    ending = {(False, False): "left", (True, True): "stop", (False, True): "next"}[
+    ending = {(False, False): "left", (True, True): "next", (False, True): "report"}[
         (alice_encrypted, bob_encrypted)]
     before = await scrape(oplab)
     alice, alice_dm = await oplab.ready_user(0, "Alice", encrypted=alice_encrypted)
@@ -143,7 +143,9 @@ async def test_a_conversation_moves_the_metrics(oplab: BridgedLab, alice_encrypt
 
     assert moved("stranger_bridge_matches_total") == 1
     assert moved("stranger_bridge_time_to_match_seconds_count") == 2  # each side paired
-    assert moved("stranger_bridge_conversation_endings_total", reason=ending) == 1
+    reason = "reported" if ending == "report" else ending
+    assert moved("stranger_bridge_conversation_endings_total", reason=reason) == 1
+    assert moved("stranger_bridge_reports_total") == (ending == "report")
     assert moved("stranger_bridge_conversation_endings_total") == 1
     # The two messages, and the notices did not count (they are not relays).
     assert moved("stranger_bridge_relay_latency_seconds_count") == 2
