@@ -20,6 +20,11 @@ from bridge.encryption.ghost_devices import GhostDevices
 from bridge.encryption.pickle_key import adopt
 from bridge.handler import Handler
 from bridge.intake import IntakeAppService
+from bridge.metrics.database import DatabaseGauges
+from bridge.metrics.definitions import REGISTRY
+from bridge.metrics.errors import count_errors
+from bridge.metrics.health import HealthCheck
+from bridge.metrics.server import HEALTH_PATH, MetricsServer, health_handler
 from bridge.moderation.limits import Limits
 from bridge.moderation.moderators import ModeratorCommands
 from bridge.moderation.policy_lists import PolicyLists
@@ -52,6 +57,8 @@ class StrangerBridge:
         self.crypto: Crypto | None = None
         self.portal: Portal | None = None
         self.dispatching = False
+        self.health: HealthCheck | None = None
+        self.metrics: MetricsServer | None = None
 
     async def start(self) -> None:
         c = self.config
@@ -68,6 +75,11 @@ class StrangerBridge:
             pool=self.pool, on_recorded=lambda rooms: self.dispatcher.kick(rooms)
             if self.dispatching else None,
             default_http_retry_count=4)
+        count_errors()
+        # Beside mautrix's /_matrix/mau/live and /ready, on the same listener.
+        self.health = HealthCheck(self.pool, c["homeserver.address"],
+                                  verify_ssl=c["homeserver.verify_ssl"])
+        self.appservice.app.router.add_get(HEALTH_PATH, health_handler(self.health))
         self.portal = Portal(self.appservice, self.pool, c)
         handler_ref: list[Handler] = []
         self.pairing = Pairing(self.pool, c, self.portal,
@@ -105,6 +117,8 @@ class StrangerBridge:
             self.appservice.on_device_events = device_events.handle
 
         await self.appservice.start(host=c["appservice.hostname"], port=c["appservice.port"])
+        if c["metrics.enabled"]:
+            await self._start_metrics()
         await self._prepare_bot()
         if c["bridge.encryption.allow"]:
             # Before any pending event is handled: encrypted ones need it.
@@ -156,6 +170,20 @@ class StrangerBridge:
         if device_events is not None:
             await device_events.check_delivery()
         await self.ephemeral.check_delivery()
+
+    async def _start_metrics(self) -> None:
+        gauges = DatabaseGauges(self.pool)
+        self.metrics = MetricsServer(self.config["metrics.listen"], gauges, self.health)
+        for collector in (gauges, self.health):
+            REGISTRY.register(collector)
+        await self.metrics.start()
+
+    async def _stop_metrics(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.stop()
+            for collector in (self.metrics.gauges, self.metrics.check):
+                REGISTRY.unregister(collector)
+            self.metrics = None
 
     async def _prepare_bot(self) -> None:
         bot = self.appservice.intent
@@ -215,6 +243,7 @@ class StrangerBridge:
         if self.appservice and self.appservice.runner:
             await self.appservice.runner.cleanup()
             self.appservice.runner = None
+        await self._stop_metrics()
         if self.dispatcher:
             await self.dispatcher.stop()
         for loop in self._loops:
@@ -227,5 +256,7 @@ class StrangerBridge:
             await self.crypto_db.stop()
         if self.appservice:
             await self.appservice.stop()
+        if self.health:
+            await self.health.close()
         if self.pool:
             await self.pool.close()

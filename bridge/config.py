@@ -36,6 +36,8 @@ RATE_LIMIT_KEYS = {
 }
 # A policy room: a room ID (!opaque, or !opaque:server before room version 12) or an alias.
 _ROOM_REFERENCE = r"[!#][^\s:]+(:\S+)?"
+# metrics.listen: a host name or IPv4 address, or an IPv6 address in brackets; then a port.
+_LISTEN = r"(?P<host>[A-Za-z0-9.\-]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})"
 # A server-name glob: server-name characters plus * and ?.
 _SERVER_GLOB = r"[A-Za-z0-9.\-:\[\]*?]+"
 
@@ -85,7 +87,7 @@ class Config(BaseFileConfig):
             *(f"bridge.rate_limits.{key}" for key in RATE_LIMIT_KEYS),
             "bridge.links.hold_messages", "bridge.links.hold_seconds",
             "bridge.privacy.forget_window",
-            "logging.level", "logging.format",
+            "logging.level", "logging.format", "metrics.enabled", "metrics.listen",
         ):
             copy(key)
 
@@ -186,6 +188,18 @@ class Config(BaseFileConfig):
                                                f"got {self['logging.level']!r}")
         if self["logging.format"] not in ("text", "json"):
             raise ConfigError("logging.format", f"must be text or json, got {self['logging.format']!r}")
+        self._validate_metrics()
+
+    def _validate_metrics(self) -> None:
+        _bool(self, "metrics.enabled")
+        listen = self["metrics.listen"]
+        found = re.fullmatch(_LISTEN, listen) if isinstance(listen, str) else None
+        if found is None or not 1 <= int(found["port"]) <= 65535:
+            raise ConfigError("metrics.listen", f"must be host:port (e.g. 127.0.0.1:8000, "
+                                                f"[::1]:8000), got {listen!r}")
+        if self["metrics.enabled"] and int(found["port"]) == self["appservice.port"]:
+            raise ConfigError("metrics.listen", f"port {found['port']} is appservice.port's; "
+                                                "the metrics need a port of their own")
 
     def _validate_moderation(self) -> None:
         _list(self, "bridge.policy_rooms", _ROOM_REFERENCE, "#bans:example.org")

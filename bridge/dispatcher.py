@@ -14,6 +14,7 @@ from typing import Awaitable, Callable
 import asyncpg
 from mautrix.errors import MatrixConnectionError, MatrixRequestError
 
+from bridge.metrics import definitions as metrics
 from bridge.store import inbox
 
 log = logging.getLogger("bridge.dispatcher")
@@ -88,7 +89,8 @@ class Dispatcher:
                 if not batch:
                     return
                 handled_early: set[int] = set()
-                for seq, event in batch:
+                for item in batch:
+                    seq, event = item
                     if self._stopping:
                         return
                     if seq in handled_early:
@@ -99,7 +101,7 @@ class Dispatcher:
                                 return
                             await inbox.mark_handled(self.pool, early_seq)
                             handled_early.add(early_seq)
-                    outcome = await self._handle_one(event)
+                    outcome = await self._handle_one(event, getattr(item, "received_at", None))
                     if outcome is Outcome.WAIT:
                         return
                     await inbox.mark_handled(self.pool, seq)
@@ -123,7 +125,8 @@ class Dispatcher:
         self._wake.set()
         self._wake = asyncio.Event()
 
-    async def _handle_one(self, event: dict) -> Outcome:
+    async def _handle_one(self, event: dict, received_at: float | None = None) -> Outcome:
+        timing = metrics.handling(received_at)  # (for the relay latency; None: not timed)
         try:
             return await self.handle(event)
         except Exception as e:
@@ -132,6 +135,8 @@ class Dispatcher:
             # A bug or a hostile event must not wedge the room: log it and move on.
             log.exception("Failed to handle %s in %s", event.get("event_id"), event.get("room_id"))
             return Outcome.DONE
+        finally:
+            metrics.done_handling(timing)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Let in-flight events finish, then stop taking new ones."""

@@ -16,6 +16,7 @@ from bridge.dispatcher import Outcome
 from bridge.encryption.crypto import Crypto, Undecryptable
 from bridge.group_calls import GROUP_CALL_STATE_TYPES
 from bridge.i18n.notices import language_of_room, languages_spoken, notice_content
+from bridge.metrics import definitions as metrics
 from bridge.moderation.chat_guard import ChatGuard
 from bridge.moderation.enforcement import Enforcer
 from bridge.moderation.moderators import ModeratorCommands
@@ -170,6 +171,7 @@ class Handler:
         side = await conversations.side_by_room(self.pool, event["room_id"])
         if (side is not None and side.live and side.user_id == event["sender"]
                 and joins_group_call(event)):
+            metrics.refused("group_call")
             await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id,
                                      "refused_group_call", cause=event["event_id"])
 
@@ -250,6 +252,7 @@ class Handler:
                 log.warning("Cannot decrypt %s in %s: %s", event["event_id"], room_id, e)
                 decrypted = None
             if decrypted is None:
+                metrics.undecryptable("dm")
                 await self.reply(room_id, "dm_undecryptable", event["event_id"])
                 return
             event = decrypted
@@ -294,6 +297,7 @@ class Handler:
                 log.warning("Cannot decrypt %s in the moderation room: %s", event["event_id"], e)
                 decrypted = None
             if decrypted is None:
+                metrics.undecryptable("moderation")
                 await self.reply(room_id, "dm_undecryptable", event["event_id"])
                 return
             event = decrypted
@@ -357,6 +361,8 @@ class Handler:
             if decrypted is not None:
                 return decrypted
             key = "refused_undecryptable"
+            metrics.undecryptable("chat")
+        metrics.refused(key)
         await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id, key,
                                  cause=event["event_id"])
         return None

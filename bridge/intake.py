@@ -18,6 +18,7 @@ from aiohttp import web
 from mautrix.appservice import AppService
 
 from bridge.dispatcher import is_transient
+from bridge.metrics import definitions as metrics
 from bridge.store import inbox
 
 log = logging.getLogger("bridge.intake")
@@ -98,6 +99,10 @@ class IntakeAppService(AppService):
         return self._token_error(request) is None
 
     async def _http_handle_transaction(self, request: web.Request) -> web.Response:
+        with metrics.TRANSACTION_SECONDS.time():
+            return await self._handle_transaction(request)
+
+    async def _handle_transaction(self, request: web.Request) -> web.Response:
         if (denied := self._token_error(request)) is not None:
             return denied
         txn_id = request.match_info["transaction_id"]

@@ -13,6 +13,7 @@ from bridge.background import Background
 from bridge.config import Config
 from bridge.dispatcher import is_transient
 from bridge.matching import queue
+from bridge.metrics import definitions as metrics
 from bridge.matching.matchmaker import Matchmaker
 from bridge.portal import (BLOCKED, FLOODED, INVITE_FAILED, INVITE_TIMEOUT, LEFT, NEXT, REPORTED,
                            RESTRICTED, STOP, Portal)
@@ -144,6 +145,7 @@ class Pairing:
         if not ended:
             return False
         log.info("Conversation %d ended: %s", conversation_id, reason)
+        metrics.conversation_ended(reason)
         if self.on_change:
             await self.on_change(conversation_id)
         self.background.spawn(self.portal.close(conversation_id), f"close {conversation_id}")

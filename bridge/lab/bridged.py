@@ -9,6 +9,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import asyncpg
 from ruamel.yaml import YAML
@@ -169,9 +170,12 @@ class BridgedLab:
 async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str, *,
                             homeserver_config: dict | None = None,
                             extra_registrations: list[Path] = (),
+                            homeserver_via: Callable[[str], str] | None = None,
                             **config_overrides) -> BridgedLab:
     """`homeserver_config`: top-level homeserver.yaml keys for both homeservers (e.g. TURN);
     `extra_registrations`: other appservices on the first homeserver (a bench's own);
+    `homeserver_via`: given the first homeserver's client URL, the URL the bridge is to
+    use for it (e.g. through a proxy a test can cut: bridge/lab/tcpproxy.py);
     `config_overrides`: the bridge's config, by dotted key."""
     admin = await asyncpg.connect(admin_dsn)
     try:
@@ -188,7 +192,8 @@ async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str, *,
     hs1 = lab.homeservers[0]
     port = free_port()
     config = root / "bridge-config.yaml"
-    write_config(config, homeserver_url=hs1.client_url, domain=hs1.server_name, port=port,
+    homeserver_url = hs1.client_url if homeserver_via is None else homeserver_via(hs1.client_url)
+    write_config(config, homeserver_url=homeserver_url, domain=hs1.server_name, port=port,
                  database_uri=database_uri, **{"appservice.bot_username": BOT_LOCALPART,
                                                 "logging.level": "DEBUG", **config_overrides})
     await generate_registration(config, registration)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from typing import Awaitable, Callable
 
 import asyncpg
@@ -26,6 +27,7 @@ from bridge.dispatcher import is_transient
 from bridge.matching import policy
 from bridge.matching import claim, queue
 from bridge.matching.batcher import Batcher
+from bridge.metrics import definitions as metrics
 from bridge.store import conversations, recent_pairs
 
 log = logging.getLogger("bridge.matching.matchmaker")
@@ -68,8 +70,11 @@ class Matchmaker:
         will have them, or queue them and claim. False when they were already waiting or
         chatting. (The first try is only a short cut, one transaction for the usual match;
         when it finds nobody free, queueing and claiming decide, with their guarantees.)"""
+        arrived = time.monotonic()
         outcome = await self._arrivals.submit((user_id, fallback_after))
         if outcome is not None:
+            if outcome is not False:  # paired on arrival, never queued
+                metrics.waited(time.monotonic() - arrived)
             return outcome is not False  # a conversation's ID, or False: an unknown user
         if not await queue.enqueue(self.pool, user_id, fallback_after):
             return False
@@ -87,6 +92,7 @@ class Matchmaker:
             first.setdefault(user_id, i)  # (the same user twice: the queue tells them apart)
         pairs: list[tuple[policy.Waiter, policy.Waiter]] = []
         created: list[int] = []
+        waited: dict[str, float] = {}  # partners taken from the queue: how long they waited
         async with self.pool.acquire() as conn:
             try:
                 async with claim.transaction(conn):
@@ -104,16 +110,17 @@ class Matchmaker:
                     pairs = [(me, partner) for me, partner in
                              await self._find_partners(conn, newcomers) if partner is not None]
                     if pairs:
-                        created = await conversations.create_many(
+                        created, waited = await conversations.create_from_queue(
                             conn, [self._conversation(me, partner) for me, partner in pairs],
-                            self.config["bridge.invite_timeout"], from_queue=True)
+                            self.config["bridge.invite_timeout"])
             except asyncpg.UniqueViolationError:
                 # One of them was just paired by another process, or a partner's row was
                 # stale: queueing sorts out which, for each.
                 created = []
-        for (me, _), conversation_id in zip(pairs, created):
+        for (me, partner), conversation_id in zip(pairs, created):
             outcomes[first[me.user_id]] = conversation_id
             log.info("Matched conversation %d", conversation_id)
+            metrics.matched(*(waited[u] for u in (me.user_id, partner.user_id) if u in waited))
             # Here rather than by each caller, so a caller that gave up still has its match
             # opened; one failing must not keep the batch's other matches from opening.
             try:
@@ -152,7 +159,7 @@ class Matchmaker:
         backoff = 0.002
         while True:
             try:
-                conversation_id = await self._attempt(user_id)
+                created = await self._attempt(user_id)
             except _Retry:
                 if loop.time() >= give_up_at:
                     log.warning("Claim for a waiter kept meeting contention; the timer retries")
@@ -162,12 +169,15 @@ class Matchmaker:
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, 0.05)
                 continue
-            if conversation_id is not None:
-                log.info("Matched conversation %d", conversation_id)
-                await self.on_matched(conversation_id)
+            if created is None:
+                return None
+            conversation_id, waited = created
+            log.info("Matched conversation %d", conversation_id)
+            metrics.matched(*waited.values())
+            await self.on_matched(conversation_id)
             return conversation_id
 
-    async def _attempt(self, user_id: str) -> int | None:
+    async def _attempt(self, user_id: str) -> tuple[int, dict[str, float]] | None:
         partner = None
         async with self.pool.acquire() as conn:
             try:
@@ -212,11 +222,12 @@ class Matchmaker:
             policy.shared_tags(first, second),
             (policy.unmet(first, second), policy.unmet(second, first)))
 
-    async def _create(self, conn, me: policy.Waiter, partner: policy.Waiter) -> int:
-        [conversation_id] = await conversations.create_many(
-            conn, [self._conversation(me, partner)], self.config["bridge.invite_timeout"],
-            from_queue=True)
-        return conversation_id
+    async def _create(self, conn, me: policy.Waiter, partner: policy.Waiter
+                      ) -> tuple[int, dict[str, float]]:
+        """The new conversation's ID, and how long each of the two had waited."""
+        [conversation_id], waited = await conversations.create_from_queue(
+            conn, [self._conversation(me, partner)], self.config["bridge.invite_timeout"])
+        return conversation_id, waited
 
     async def sweep(self) -> list[int]:
         """Claim for every waiter due a look, longest-waiting first."""

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import asyncpg
 
 from bridge import messages
+from bridge.metrics import definitions as metrics
 from bridge.matching import queue
 from bridge.moderation import rules
 from bridge.moderation import moderation_log, reports, sanctions, server_bans
@@ -129,6 +130,7 @@ class ModeratorCommands:
         if any(rules.server_of(admin) == server for admin in self.config["bridge.admins"]):
             raise ModerationInputError("mod_not_admin_target", user=server)
         await server_bans.ban(self.pool, server, reason.strip(), moderator)
+        metrics.sanctioned("server_banned", "moderator")
         await moderation_log.record(self.pool, moderator, "banserver", server, reason.strip())
         affected = await self.safety.enforce_server(server)
         return Reply("mod_server_banned", {"server": server, "reason": reason.strip(),

@@ -10,6 +10,7 @@ from typing import Awaitable, Callable
 import asyncpg
 
 from bridge import messages
+from bridge.metrics import definitions as metrics
 from bridge.moderation import evidence, moderation_log, reports, rules, sanctions
 from bridge.moderation.enforcement import Enforcer
 from bridge.moderation.restriction import Restriction
@@ -75,6 +76,7 @@ class Safety:
                                     reason[:500])
         if report is None:
             return Reply("report_already")
+        metrics.reported()
         # Ends for both at once; the reported side sees only that the stranger disconnected.
         await self.pairing.end(conv.id, REPORTED, user_id)
         said = await evidence.of_side(self.pool, conv.id, partner.side)
@@ -107,6 +109,7 @@ class Safety:
         until = None if seconds is None else now + timedelta(seconds=seconds)
         added = Restriction(kind, reason, until, source)
         sanction_id = await sanctions.add(self.pool, user_id, kind, reason, until, source, by)
+        metrics.sanctioned(kind, source)
         await moderation_log.record(self.pool, by or AUTOMATIC, kind, user_id,
                                     f"{reason} ({messages.render(until_text(added)).strip()})")
         await self.enforce(user_id, await restriction_of(self.pool, self.config, user_id, now),

@@ -15,6 +15,7 @@ from bridge.config import Config
 from bridge.group_calls import GROUP_CALL_NOTIFY_TYPES
 from bridge.media.copier import MediaCopier
 from bridge.media.kinds import kind_of
+from bridge.metrics import definitions as metrics
 from bridge.moderation import evidence
 from bridge.moderation.chat_guard import links_allowed_after
 from bridge.moderation.limits import Limits
@@ -81,12 +82,14 @@ class Relayer:
         if isinstance(result, Refused):
             log.info("Conversation %d: refused %s from side %d: %s %s", conv.id,
                      event["event_id"], side.side, result.reason, result.detail)
+            metrics.refused(result.reason)
             await self.portal.notice(self.portal.ghost(side.ghost_id), side.room_id,
                                      f"refused_{result.reason}", cause=event["event_id"])
             return
         if has_link(result):
             wait = await self.limits.link_wait(conv)
             if wait is not None:  # early in the chat: links are held back
+                metrics.refused("link_held")
                 await self.portal.notice(
                     self.portal.ghost(side.ghost_id), side.room_id, "link_held",
                     cause=event["event_id"],
@@ -96,6 +99,7 @@ class Relayer:
         target_event_id = await self.portal.send(
             partner.ghost_id, partner.room_id, event["type"], result,
             txn_id("relay", event["event_id"]))
+        metrics.relayed()
         await relayed.record(self.pool, event["event_id"], conv.id, partner.room_id,
                              target_event_id)
         keep = self.config["bridge.moderation.evidence_messages"]

@@ -1,6 +1,7 @@
 """conversations and conversation_sides: who talks to whom, in which rooms, through which ghosts."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -95,6 +96,14 @@ async def create_many(conn, new: list[NewConversation], invite_timeout: float,
     """New conversations in state 'opening', in one statement; their IDs, in order.
     `from_queue`: also take everyone in them out of the waiting queue (in the same
     statement: a round trip less per match)."""
+    ids, _ = await create_from_queue(conn, new, invite_timeout, from_queue)
+    return ids
+
+
+async def create_from_queue(conn, new: list[NewConversation], invite_timeout: float,
+                            from_queue: bool = True) -> tuple[list[int], dict[str, float]]:
+    """create_many, also giving the seconds each user taken out of the queue had waited
+    there (the time-to-match metric); users who were not waiting are not in it."""
     tag_index = [i for i, c in enumerate(new, start=1) for _ in c.shared_tags]
     tags = [tag for c in new for tag in c.shared_tags]
     rows = await conn.fetch(
@@ -106,7 +115,8 @@ async def create_many(conn, new: list[NewConversation], invite_timeout: float,
                     WITH ORDINALITY AS v(user_a, ghost_a, interests_a, language_a,
                                          user_b, ghost_b, interests_b, language_b, i)),
            gone AS (DELETE FROM waiting WHERE $11 AND user_id IN (
-               SELECT user_a FROM v UNION ALL SELECT user_b FROM v)),
+               SELECT user_a FROM v UNION ALL SELECT user_b FROM v)
+               RETURNING user_id, extract(epoch FROM now() - enqueued_at)::float8 AS waited),
            c AS (
                INSERT INTO conversations (id, invite_deadline, shared_tags)
                SELECT v.id, now() + make_interval(secs => $1),
@@ -120,13 +130,16 @@ async def create_many(conn, new: list[NewConversation], invite_timeout: float,
                SELECT id, 0, user_a, ghost_a, interests_a, language_a FROM v
                UNION ALL
                SELECT id, 1, user_b, ghost_b, interests_b, language_b FROM v)
-           SELECT id FROM v ORDER BY i""",
+           SELECT id, CASE WHEN i = 1 THEN (SELECT jsonb_object_agg(user_id, waited)
+                                            FROM gone)::text END AS waited
+           FROM v ORDER BY i""",
         float(invite_timeout), tag_index,
         [c.user_a for c in new], [c.ghost_for_a for c in new],
         [c.unmet[0][0] for c in new], [c.unmet[0][1] for c in new],
         [c.user_b for c in new], [c.ghost_for_b for c in new],
         [c.unmet[1][0] for c in new], [c.unmet[1][1] for c in new], from_queue, tags)
-    return [r["id"] for r in rows]
+    waited = json.loads(rows[0]["waited"]) if rows and rows[0]["waited"] else {}
+    return [r["id"] for r in rows], waited
 
 
 async def side_by_room(db, room_id: str) -> Side | None:

@@ -12,11 +12,24 @@ async def record(conn, events: list[dict]) -> None:
         [(e["event_id"], e["room_id"], json.dumps(e)) for e in events])
 
 
-async def pending(db, room_id: str, limit: int = 50) -> list[tuple[int, dict]]:
+class Pending(tuple):
+    """(seq, event) of an event waiting to be handled, and when it reached the bridge
+    (`received_at`, a Unix time: its transaction was recorded; the relay latency metric's
+    start)."""
+    received_at: float | None
+
+    def __new__(cls, seq: int, event: dict, received_at: float | None = None) -> "Pending":
+        pending = super().__new__(cls, (seq, event))
+        pending.received_at = received_at
+        return pending
+
+
+async def pending(db, room_id: str, limit: int = 50) -> list[Pending]:
     rows = await db.fetch(
-        """SELECT seq, event FROM inbox WHERE room_id = $1 AND handled_at IS NULL
+        """SELECT seq, event, extract(epoch FROM received_at)::float8 AS received_at
+           FROM inbox WHERE room_id = $1 AND handled_at IS NULL
            ORDER BY seq LIMIT $2""", room_id, limit)
-    return [(row["seq"], json.loads(row["event"])) for row in rows]
+    return [Pending(row["seq"], json.loads(row["event"]), row["received_at"]) for row in rows]
 
 
 async def mark_handled(db, seq: int) -> None:
