@@ -32,6 +32,12 @@ ENGLISH: dict[str, str] = {
         "after it); the chat ends, and the stranger is not told who reported them\n"
         "{prefix}block: end the chat and never be paired with this stranger again (in the "
         "chat, or just after it)\n"
+        "{prefix}ask <question>: two strangers discuss your question while you watch "
+        "(read-only; they never learn who asked)\n"
+        "{prefix}discuss: wait for a stranger's question to discuss with another stranger\n"
+        "{prefix}questions on|off: whether a stranger's question may come to you when you "
+        "{prefix}start\n"
+        "{prefix}report question [reason]: in a question's chat, report the question\n"
         "{prefix}help: this list\n\n"
         "In a chat room, leaving the room ends the chat and finds you someone new."
     ),
@@ -293,6 +299,77 @@ ENGLISH: dict[str, str] = {
     "link_after_messages": "{count} more messages",
     "link_after_time": "{duration}",
     "link_after_both": "{messages} and {time}",
+    # -- question mode (!ask, !discuss, !questions) --
+    "question_asked": "A stranger asks: {question}",
+    "ask_usage": (
+        "Ask two strangers a question: {prefix}ask <your question>. You watch their "
+        "discussion without taking part, and they never learn who asked."
+    ),
+    "question_too_long": "Your question is too long: {max} characters at most, please.",
+    "question_no_links": "Questions can't contain links. Please ask without one.",
+    "already_asking": (
+        "You have a question open already. Send {prefix}stop to withdraw it (or to stop "
+        "watching) before asking another."
+    ),
+    "question_queued": (
+        "Your question is waiting for two strangers to discuss it. I'll invite you to watch "
+        "as soon as they are found. Send {prefix}stop to withdraw it."
+    ),
+    "question_withdrawn": "Your question is withdrawn.",
+    "watch_stopped": "You stopped watching. The two strangers may go on without you.",
+    "discuss_usage": "Just send {prefix}discuss (it takes nothing after it) to wait for a question.",
+    "discuss_queued": (
+        "Waiting for a question to discuss… When a stranger asks one, I'll invite you to a "
+        "chat about it with another stranger. The one who asked watches, and you never "
+        "learn who it is."
+    ),
+    "already_discussing": "You are already waiting for a question to discuss.",
+    "stopped_discussing": "You stopped waiting for questions. Send {prefix}discuss to wait again.",
+    "questions_on": (
+        "A stranger's question may now come to you while you wait after {prefix}start. "
+        "Send {prefix}questions off to stop that."
+    ),
+    "questions_off": "From now on {prefix}start only finds you plain chats.",
+    "questions_show_on": (
+        "Questions may come to you while you wait after {prefix}start. Send "
+        "{prefix}questions off to stop that."
+    ),
+    "questions_show_off": (
+        "Questions don't come to you after {prefix}start. Send {prefix}questions on to "
+        "accept them, or {prefix}discuss to wait for one."
+    ),
+    "questions_usage": (
+        "Send {prefix}questions on or {prefix}questions off ({prefix}questions alone shows "
+        "the setting)."
+    ),
+    "watch_opened": (
+        "Two strangers are discussing your question: {question}\nThey appear here as "
+        "{name_1} and {name_2}. They can't see this room and never learn who asked."
+    ),
+    "watch_read_only": (
+        "This room is read-only: nothing you write here reaches the strangers."
+    ),
+    "watch_partner_left": "{name} has disconnected.",
+    "watch_ended": "The discussion has ended.",
+    "watch_no_show": (
+        "A stranger didn't join in time, so the discussion could not start. Send "
+        "{prefix}ask to ask again."
+    ),
+    "report_question_received": (
+        "Thanks, your report of the question was received and the moderators will look at "
+        "it. The chat has ended; nobody is told who reported. Send {prefix}start to meet "
+        "someone new."
+    ),
+    "report_no_question": (
+        "There is no question to report: {prefix}report question works in a question's "
+        "chat or just after it."
+    ),
+    "mod_question_report": (
+        "Report #{id}: {reporter} reported the question {asker} asked (question mode).\n"
+        "Reason: {reason}\nThe question: {question}\n"
+        "Act with {prefix}ban {asker} [duration] <reason>, {prefix}suspend {asker} "
+        "<duration> <reason>, or {prefix}dismiss {id}."
+    ),
 }
 
 
