@@ -326,8 +326,9 @@ ENGLISH: dict[str, str] = {
     "already_discussing": "You are already waiting for a question to discuss.",
     "stopped_discussing": "You stopped waiting for questions. Send {prefix}discuss to wait again.",
     "questions_on": (
-        "A stranger's question may now come to you while you wait after {prefix}start. "
-        "Send {prefix}questions off to stop that."
+        "A stranger's question may now come to you while you wait after {prefix}start: "
+        "you discuss it with another stranger while the one who asked watches (you never "
+        "learn who it is). Send {prefix}questions off to stop that."
     ),
     "questions_off": "From now on {prefix}start only finds you plain chats.",
     "questions_show_on": (

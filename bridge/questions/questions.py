@@ -361,6 +361,8 @@ class Questions:
             try:
                 await self.sweep()
                 await self.resume()
+                await table.forget_texts(self.pool,
+                                         self.config["bridge.moderation.evidence_grace"])
             except Exception as e:
                 if not is_transient(e):
                     log.exception("Question timer failed")

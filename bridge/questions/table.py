@@ -168,3 +168,18 @@ async def mirrored(db, source_event_id: str) -> str | None:
     return await db.fetchval(
         "SELECT watch_event_id FROM question_mirrored WHERE source_event_id = $1",
         source_event_id)
+
+
+async def forget_texts(db, grace_seconds: float) -> int:
+    """No transcript: a question's text goes once it has ended plus the evidence grace
+    period (a !report question just after the chat still has it), unless an open report of
+    it holds it. Returns how many were forgotten."""
+    status = await db.execute(
+        """UPDATE questions q SET question = ''
+           WHERE q.state = 'ended' AND q.question <> ''
+             AND q.ended_at < now() - make_interval(secs => $1)
+             AND NOT EXISTS (SELECT 1 FROM reports r
+                             WHERE r.conversation_id = q.conversation_id
+                               AND r.reported_side = 2 AND r.status = 'open')""",
+        float(grace_seconds))
+    return int(status.split()[-1])

@@ -425,3 +425,20 @@ async def test_a_watch_that_cannot_be_delivered_ends_the_question_only(pool, wor
     q = await table.of_conversation(pool, conversation_id)
     assert (q.state, q.end_reason) == ("ended", "watch_failed")
     assert (await conversations.get(pool, conversation_id)).state == "opening"
+
+
+async def test_a_questions_text_is_forgotten_after_the_grace_unless_reported(pool, world):
+    question, conv = await matched(pool, world)
+    await say(world.commands, D2, "!report question rude")
+    await settle(world)
+    await agreed(pool, OTHER)
+    await say(world.commands, OTHER, "!ask Withdrawn soon?")
+    await say(world.commands, OTHER, "!stop")
+    await pool.execute("UPDATE questions SET ended_at = now() - interval '1 hour'")
+    assert await table.forget_texts(pool, 300) == 1  # the reported one is held
+    assert (await table.open_of(pool, OTHER)) is None
+    texts = dict(await pool.fetch("SELECT asker, question FROM questions"))
+    assert texts == {ASKER: "Is a hot dog a sandwich?", OTHER: ""}
+    await pool.execute("UPDATE reports SET status = 'dismissed'")
+    assert await table.forget_texts(pool, 300) == 1
+    assert await pool.fetchval("SELECT question FROM questions WHERE asker = $1", ASKER) == ""
