@@ -65,6 +65,10 @@ class Pairing:
         # None to leave them to the chat queue. (Question mode: discussers go back to
         # theirs.)
         self.requeue_as: Callable[[object, int, str], Awaitable[bool | None]] | None = None
+        # Asked before a conversation whose sides have both joined becomes active (with the
+        # conversation, and whether its invite deadline has passed): True holds it back for
+        # now. (Question mode: until the asker is in the watch room, or the deadline.)
+        self.activation_gates: list[Callable[[Conversation, bool], Awaitable[bool]]] = []
 
     @property
     def fallback_after(self) -> float:
@@ -126,12 +130,15 @@ class Pairing:
             return False
         return await self.activate(conversation_id)
 
-    async def activate(self, conversation_id: int) -> bool:
+    async def activate(self, conversation_id: int, deadline_passed: bool = False) -> bool:
         """Both are in: greet both rooms, THEN let relaying start, so the greeting comes
         before anything the first to join wrote while waiting."""
         conv = await conversations.get(self.pool, conversation_id)
         if conv is None or conv.state != "opening":
             return False
+        for gate in self.activation_gates:
+            if await gate(conv, deadline_passed):
+                return False
         await self.portal.greet(conv)
         if not await conversations.activate(self.pool, conversation_id):
             return False
@@ -197,7 +204,8 @@ class Pairing:
         if conv is None or conv.state != "opening":
             return
         if all(s.joined_at for s in conv.sides):
-            await self.activate(conversation_id)  # both made it in time after all
+            # Both made it in time after all.
+            await self.activate(conversation_id, deadline_passed=True)
             return
         present = [s.user_id for s in conv.sides if s.joined_at is not None]
         if await self.end(conversation_id, reason, None, requeue=present):

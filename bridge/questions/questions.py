@@ -39,8 +39,8 @@ from bridge.store.conversations import Conversation, Side
 log = logging.getLogger("bridge.questions")
 
 # Why a question ended, beyond its conversation's own end reasons (bridge.portal).
-ASKER_LEFT, ASKER_STOPPED, ASKER_RESTRICTED, WATCH_FAILED = (
-    "asker_left", "asker_stopped", "asker_restricted", "watch_failed")
+ASKER_LEFT, ASKER_STOPPED, ASKER_RESTRICTED, WATCH_FAILED, ASKER_NO_SHOW = (
+    "asker_left", "asker_stopped", "asker_restricted", "watch_failed", "asker_no_show")
 # The question timer also polls this often: matches need discussers who may have arrived
 # through another bridge process, and unfinished room work is retried.
 TIMER_SECONDS = 2.0
@@ -78,6 +78,7 @@ class Questions:
             self.commands.table["report"] = self._report_wrapping(report)
         self.pairing.requeue_as = self.requeue_as
         self.pairing.on_end.append(self.after_end)
+        self.pairing.activation_gates.append(self.hold_for_asker)
         self.portal.opening_notice = self.opening_notice
         if self.safety is not None:
             self.safety.enforcer.stoppers.append(self.stop_restricted)
@@ -241,8 +242,13 @@ class Questions:
         if q is None:
             return False
         if target == q.asker:
-            if membership == "join":
+            if membership == "join" and q.state == "matched" and q.joined_at is None:
+                await self.watch.welcome(q)
                 await table.mark_joined(self.pool, q.id)
+                # The discussion may start now, if the discussers are in already.
+                conv = await conversations.get(self.pool, q.conversation_id)
+                if conv.state == "opening" and all(s.joined_at for s in conv.sides):
+                    await self.pairing.activate(conv.id)
             elif membership in ("leave", "ban") and await table.end(self.pool, q.id,
                                                                      ASKER_LEFT, q.asker):
                 log.info("Question %d: the asker left the watch", q.id)
@@ -252,15 +258,23 @@ class Questions:
     # -- the discussers -----------------------------------------------------------------------
 
     async def opening_notice(self, conv: Conversation) -> tuple[str, dict[str, str]] | None:
-        """The discussers' first notice is the question (never who asked). Their chat
-        becomes active only after this, so the watch room is made first: nothing they say
-        can come before it."""
+        """The discussers' first notice is the question (never who asked)."""
         q = await table.of_conversation(self.pool, conv.id)
-        if q is None:
-            return None
-        if q.state == "matched":
-            await self.open_watch(q.id)
-        return "question_asked", {"question": q.question}
+        return None if q is None else ("question_asked", {"question": q.question})
+
+    async def hold_for_asker(self, conv: Conversation, deadline_passed: bool) -> bool:
+        """The discussion starts once the asker is in the watch room, so they see it from
+        its first word (True: not yet). An asker who has not joined by the invite deadline
+        loses the watch; the discussers start all the same."""
+        q = await table.of_conversation(self.pool, conv.id)
+        if q is None or q.state != "matched" or q.joined_at is not None:
+            return False
+        if not deadline_passed:
+            return True
+        if await table.end(self.pool, q.id, ASKER_NO_SHOW, None):
+            log.info("Question %d: the asker did not join the watch in time", q.id)
+            await self.close(q.id)
+        return False
 
     async def mirror(self, conv: Conversation, side: Side, event: dict) -> None:
         """After the relay: a discusser's event copied into the asker's watch room."""
@@ -323,7 +337,8 @@ class Questions:
         """What the asker is told as the watch ends (key, number of the ghost who says it,
         values): who disconnected, or that the discussion never started. Nothing when the
         asker ended it."""
-        if q.end_reason in (ASKER_LEFT, ASKER_STOPPED, ASKER_RESTRICTED, WATCH_FAILED):
+        if q.end_reason in (ASKER_LEFT, ASKER_STOPPED, ASKER_RESTRICTED, WATCH_FAILED,
+                            ASKER_NO_SHOW):
             return None
         if q.end_reason in (INVITE_TIMEOUT, INVITE_FAILED):
             return "watch_no_show", 1, {}

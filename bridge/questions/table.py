@@ -75,9 +75,12 @@ async def set_watch_room(db, question_id: int, room_id: str) -> None:
                      question_id, room_id)
 
 
-async def mark_joined(db, question_id: int) -> None:
-    await db.execute("UPDATE questions SET joined_at = coalesce(joined_at, now()) WHERE id = $1",
-                     question_id)
+async def mark_joined(db, question_id: int) -> bool:
+    """Record the asker's join of the watch room; True the first time."""
+    status = await db.execute(
+        "UPDATE questions SET joined_at = now() WHERE id = $1 AND joined_at IS NULL",
+        question_id)
+    return status.endswith(" 1")
 
 
 async def tell_read_only(db, question_id: int) -> bool:

@@ -72,9 +72,9 @@ class Watch:
                 created = await ghost_1.api.request(Method.POST, Path.v3.createRoom, {
                     "preset": "private_chat", "invite": [q.asker],
                     "initial_state": initial_state,
-                    "power_level_content_override": {
-                        "users": {q.ghost_1: 100, q.ghost_2: 100},
-                        "events": DEFAULT_EVENT_POWER},
+                    # (Stranger 2 needs no power: messages, reactions and taking back its
+                    # own events are open to every member.)
+                    "power_level_content_override": {"events": DEFAULT_EVENT_POWER},
                 }, retry_count=0)
                 room_id, invited = created["room_id"], True
                 await self.portal.appservice.state_store.set_membership(
@@ -105,9 +105,14 @@ class Watch:
                     log.warning("Question %d: the asker could not be invited: %s", q.id, e)
                     return False
                 log.info("Question %d: asker's invite (again): %s", q.id, e)
-        await self.portal.notice(ghost_1, room_id, "watch_opened", cause=q.id,
-                                 question=q.question, name_1=self.name(1), name_2=self.name(2))
         return True
+
+    async def welcome(self, q: Question) -> None:
+        """The watch room's first notice, once the asker is in: a remote asker's homeserver
+        gets the room's events only from their join on (as for chat rooms' greeting)."""
+        await self.portal.notice(self.portal.ghost(q.ghost_1), q.watch_room_id, "watch_opened",
+                                 cause=q.id, question=q.question, name_1=self.name(1),
+                                 name_2=self.name(2))
 
     async def close(self, question_id: int, notice: tuple[str, int, dict] | None) -> list[str]:
         """The watch is over: `notice` (key, number of the ghost who says it, values) in the

@@ -61,13 +61,7 @@ async def question_under_way(bridged: BridgedLab, dana_encrypted: bool, dev_encr
     await bridged.command(dev, dev_dm, "!start", "Looking for a stranger")
     dana_room = await bridged.accept_chat(dana, marks[1], opened=False)
     dev_room = await bridged.accept_chat(dev, marks[2], opened=False)
-    for client, room, mark in ((dana, dana_room, marks[1]), (dev, dev_room, marks[2])):
-        asked = await client.wait_for_event(
-            lambda s: s.room_id == room and f"A stranger asks: {QUESTION}" == s.body,
-            since=mark, description="the question")
-        await client.wait_for_event(
-            lambda s: s.room_id == room and "now chatting" in (s.body or ""),
-            since=asked.index, description="chat opened after the question")
+    # The discussion starts once the asker is in the watch room too.
     watch = await asker.wait_for_invite(lambda s: GHOST.match(s.sender or "") is not None,
                                         since=marks[0], timeout=60)
     await asker.join(watch)
@@ -75,6 +69,13 @@ async def question_under_way(bridged: BridgedLab, dana_encrypted: bool, dev_encr
         lambda s: s.room_id == watch and (s.body or "").startswith(
             f"Two strangers are discussing your question: {QUESTION}"),
         since=marks[0], description="watch opened")
+    for client, room, mark in ((dana, dana_room, marks[1]), (dev, dev_room, marks[2])):
+        asked = await client.wait_for_event(
+            lambda s: s.room_id == room and f"A stranger asks: {QUESTION}" == s.body,
+            since=mark, description="the question")
+        await client.wait_for_event(
+            lambda s: s.room_id == room and "now chatting" in (s.body or ""),
+            since=asked.index, description="chat opened after the question")
     return (asker, asker_dm, watch), (dana, dana_dm, dana_room), (dev, dev_dm, dev_room)
 
 

@@ -76,6 +76,7 @@ class FakeWatch:
         self.pool = pool
         self.opened: list[int] = []
         self.closed: list[tuple[int, tuple | None]] = []
+        self.welcomed: list[int] = []
         self.deliver = True
 
     def name(self, number: int) -> str:
@@ -90,6 +91,9 @@ class FakeWatch:
             return False
         await table.set_watch_room(self.pool, question_id, f"!watch{question_id}")
         return True
+
+    async def welcome(self, q) -> None:
+        self.welcomed.append(q.id)
 
     async def close(self, question_id: int, notice) -> list[str]:
         q = await table.get(self.pool, question_id)
@@ -156,6 +160,11 @@ async def matched(pool, world, question_text: str = "Is a hot dog a sandwich?"):
     for i, side in enumerate((await conversations.get(pool, conversation_id)).sides):
         await conversations.set_room(pool, conversation_id, side.side, f"!room{i}")
         await world.pairing.joined(conversation_id, side.side)
+    question = await table.of_conversation(pool, conversation_id)
+    # The discussion waits for the asker to be in the watch room.
+    assert (await conversations.get(pool, conversation_id)).state == "opening"
+    assert await q.on_watch_member(question.watch_room_id, ASKER, "join")
+    assert q.watch.welcomed == [question.id]
     question = await table.of_conversation(pool, conversation_id)
     return question, await conversations.get(pool, conversation_id)
 
@@ -275,6 +284,7 @@ async def test_next_from_the_chat_queue_goes_back_to_the_chat_queue(pool, world)
 async def test_the_asker_leaving_ends_only_the_watch(pool, world):
     question, conv = await matched(pool, world)
     assert await world.questions.on_watch_member(question.watch_room_id, ASKER, "join")
+    assert world.questions.watch.welcomed == [question.id]  # once
     assert await world.questions.on_watch_member(question.watch_room_id, ASKER, "leave")
     ended = await table.get(pool, question.id)
     assert (ended.state, ended.end_reason) == ("ended", ASKER_LEFT)
@@ -442,3 +452,24 @@ async def test_a_questions_text_is_forgotten_after_the_grace_unless_reported(poo
     await pool.execute("UPDATE reports SET status = 'dismissed'")
     assert await table.forget_texts(pool, 300) == 1
     assert await pool.fetchval("SELECT question FROM questions WHERE asker = $1", ASKER) == ""
+
+
+async def test_an_asker_who_never_joins_loses_the_watch_and_the_discussion_starts(pool, world):
+    await agreed(pool, ASKER, D1, D2)
+    await say(world.commands, ASKER, "!ask Tea or coffee?")
+    await say(world.commands, D1, "!discuss")
+    await say(world.commands, D2, "!discuss")
+    [conversation_id] = await world.questions.sweep()
+    await settle(world)
+    for i in (0, 1):
+        await conversations.set_room(pool, conversation_id, i, f"!room{i}")
+        assert await world.pairing.joined(conversation_id, i) is False  # held for the asker
+    assert world.portal.notices == []  # not greeted yet
+    # The invite deadline passes (the invite timer's work).
+    await world.pairing.expire(conversation_id)
+    await settle(world)
+    assert (await conversations.get(pool, conversation_id)).state == "active"
+    q = await table.of_conversation(pool, conversation_id)
+    assert (q.state, q.end_reason) == ("ended", "asker_no_show")
+    assert world.questions.watch.closed == [(q.id, None)]
+    assert [key for _, key, _ in world.portal.notices][:2] == ["question_asked", "chat_opened"]
