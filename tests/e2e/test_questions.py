@@ -120,7 +120,8 @@ async def test_the_asker_watches_and_a_discusser_leaving_ends_all_three(
     mark_asker, mark_dev = asker.mark(), dev.mark()
     await dana.leave(dana_room)
     await dev.wait_for_event(
-        lambda s: s.room_id == dev_room and s.body == "Stranger has disconnected.",
+        lambda s: s.room_id == dev_room
+        and (s.body or "").startswith("Stranger has disconnected."),
         since=mark_dev, description="partner left")
     await asker.wait_for_event(
         lambda s: s.room_id == watch and s.body == "Stranger 1 has disconnected.",
