@@ -26,10 +26,12 @@ from bridge.moderation.ratelimit import has_link
 from bridge.moderation.restrictions import restriction_of
 from bridge.moderation.statement import statement_values
 from bridge.pairing import Pairing
-from bridge.portal import INVITE_FAILED, INVITE_TIMEOUT, REPORTED, Portal
+from bridge.portal import REPORTED, Portal
 from bridge.questions import table
 from bridge.questions.matcher import QuestionMatcher
 from bridge.questions.mirror import Mirror
+from bridge.questions.rules import (ASKER_LEFT, ASKER_NO_SHOW, ASKER_RESTRICTED, ASKER_STOPPED,
+                                    WATCH_FAILED, watch_goodbye)
 from bridge.questions.watch import Watch
 from bridge.relay.relayer import Relayer
 from bridge.replies import Reply
@@ -38,9 +40,6 @@ from bridge.store.conversations import Conversation, Side
 
 log = logging.getLogger("bridge.questions")
 
-# Why a question ended, beyond its conversation's own end reasons (bridge.portal).
-ASKER_LEFT, ASKER_STOPPED, ASKER_RESTRICTED, WATCH_FAILED, ASKER_NO_SHOW = (
-    "asker_left", "asker_stopped", "asker_restricted", "watch_failed", "asker_no_show")
 # The question timer also polls this often: matches need discussers who may have arrived
 # through another bridge process, and unfinished room work is retried.
 TIMER_SECONDS = 2.0
@@ -334,20 +333,12 @@ class Questions:
             self.on_closed([q.watch_room_id] if q.watch_room_id else [], ghosts)
 
     async def _goodbye(self, q: table.Question) -> tuple[str, int, dict[str, str]] | None:
-        """What the asker is told as the watch ends (key, number of the ghost who says it,
-        values): who disconnected, or that the discussion never started. Nothing when the
-        asker ended it."""
-        if q.end_reason in (ASKER_LEFT, ASKER_STOPPED, ASKER_RESTRICTED, WATCH_FAILED,
-                            ASKER_NO_SHOW):
-            return None
-        if q.end_reason in (INVITE_TIMEOUT, INVITE_FAILED):
-            return "watch_no_show", 1, {}
+        """What the asker is told as the watch ends (rules.watch_goodbye)."""
         conv = await conversations.get(self.pool, q.conversation_id) if q.conversation_id else None
         side = conv.side_of(q.ended_by) if conv and q.ended_by else None
-        if side is None:
-            return "watch_ended", 1, {}
-        number = side.side + 1
-        return "watch_partner_left", number, {"name": self.watch.name(number)}
+        number = None if side is None else side.side
+        return watch_goodbye(q.end_reason, number,
+                             self.watch.name(1 if number is None else number + 1))
 
     async def resume(self) -> None:
         """Start-up and the timer: carry on with whatever a crash (or a failure) left
@@ -365,6 +356,12 @@ class Questions:
                 await self.after_end(conv.id)
             elif q.watch_room_id is None:
                 await self.open_watch(q.id)
+        for question_id in await table.awaiting_asker(self.pool):
+            # A join handled before its room was recorded (or never delivered) must not
+            # hold the discussion back until the deadline.
+            q = await table.get(self.pool, question_id)
+            if await self.watch.asker_membership(q) == "join":
+                await self.on_watch_member(q.watch_room_id, q.asker, "join")
 
     async def _orphaned(self, q: table.Question) -> None:
         if await table.end(self.pool, q.id, "ended", None):

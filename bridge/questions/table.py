@@ -118,6 +118,14 @@ async def unfinished(db) -> list[int]:
     return [r["id"] for r in rows]
 
 
+async def awaiting_asker(db) -> list[int]:
+    """Matched questions whose watch room is made but whose asker's join was not seen (yet:
+    or its event came before the room was recorded, or was lost)."""
+    return [r["id"] for r in await db.fetch(
+        """SELECT id FROM questions WHERE state = 'matched' AND watch_room_id IS NOT NULL
+             AND joined_at IS NULL ORDER BY id""")]
+
+
 # -- the discussers' queue ---------------------------------------------------------------------
 
 async def enqueue_discusser(db, user_id: str) -> bool:

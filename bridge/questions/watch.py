@@ -9,7 +9,9 @@ import logging
 import asyncpg
 from mautrix.api import Method, Path
 from mautrix.errors import MatrixConnectionError, MatrixRequestError
-from mautrix.types import EncryptionAlgorithm, Membership, RoomEncryptionStateEventContent
+from mautrix.client import ClientAPI
+from mautrix.types import (EncryptionAlgorithm, EventType, Membership,
+                           RoomEncryptionStateEventContent)
 
 from bridge.config import Config
 from bridge.portal import DEFAULT_EVENT_POWER, Portal
@@ -106,6 +108,20 @@ class Watch:
                     return False
                 log.info("Question %d: asker's invite (again): %s", q.id, e)
         return True
+
+    async def asker_membership(self, q: Question) -> str | None:
+        """The asker's membership of the watch room, as the homeserver has it now."""
+        try:
+            # (The plain client call: the intent's would answer from its cache.)
+            member = await ClientAPI.get_state_event(self.portal.ghost(q.ghost_1),
+                                                     q.watch_room_id, EventType.ROOM_MEMBER,
+                                                     q.asker)
+        except MatrixRequestError as e:
+            if e.http_status >= 500 or e.http_status == 429:
+                raise
+            return None
+        membership = getattr(member, "membership", None)
+        return membership.value if isinstance(membership, Membership) else membership
 
     async def welcome(self, q: Question) -> None:
         """The watch room's first notice, once the asker is in: a remote asker's homeserver

@@ -17,7 +17,8 @@ from bridge.moderation.safety import Safety
 from bridge.moderation import sanctions
 from bridge.pairing import Pairing
 from bridge.questions import table
-from bridge.questions.questions import ASKER_LEFT, Questions
+from bridge.questions.questions import Questions
+from bridge.questions.rules import ASKER_LEFT
 from bridge.relay.relayer import Relayer
 from bridge.store import conversations, relayed
 from tests.integration.moderation_world import agreed, say
@@ -77,6 +78,7 @@ class FakeWatch:
         self.opened: list[int] = []
         self.closed: list[tuple[int, tuple | None]] = []
         self.welcomed: list[int] = []
+        self.memberships: dict[int, str] = {}  # what the homeserver would say of the asker
         self.deliver = True
 
     def name(self, number: int) -> str:
@@ -91,6 +93,9 @@ class FakeWatch:
             return False
         await table.set_watch_room(self.pool, question_id, f"!watch{question_id}")
         return True
+
+    async def asker_membership(self, q) -> str | None:
+        return self.memberships.get(q.id)
 
     async def welcome(self, q) -> None:
         self.welcomed.append(q.id)
@@ -334,6 +339,9 @@ async def test_bad_input_is_answered_and_changes_nothing(pool, world):
     assert (await say(world.commands, ASKER, "!ask    "))[0] == "ask_usage"
     key, text, _ = await say(world.commands, ASKER, "!ask " + "x" * 301)
     assert key == "question_too_long" and "300 characters" in text
+    # Links are held back at the start of chats (the default): a question may not hold one.
+    assert (await say(world.commands, ASKER, "!ask see https://example.com"))[0] == (
+        "question_no_links")
     assert (await say(world.commands, D1, "!discuss now please"))[0] == "discuss_usage"
     assert (await say(world.commands, D1, "!questions maybe"))[0] == "questions_usage"
     assert await pool.fetchval("SELECT count(*) FROM questions") == 0
@@ -473,3 +481,24 @@ async def test_an_asker_who_never_joins_loses_the_watch_and_the_discussion_start
     assert (q.state, q.end_reason) == ("ended", "asker_no_show")
     assert world.questions.watch.closed == [(q.id, None)]
     assert [key for _, key, _ in world.portal.notices][:2] == ["question_asked", "chat_opened"]
+
+
+async def test_a_join_the_bridge_missed_is_found_by_the_question_timer(pool, world):
+    await agreed(pool, ASKER, D1, D2)
+    await say(world.commands, ASKER, "!ask Tea or coffee?")
+    await say(world.commands, D1, "!discuss")
+    await say(world.commands, D2, "!discuss")
+    [conversation_id] = await world.questions.sweep()
+    await settle(world)
+    for i in (0, 1):
+        await conversations.set_room(pool, conversation_id, i, f"!room{i}")
+        await world.pairing.joined(conversation_id, i)
+    q = await table.of_conversation(pool, conversation_id)
+    await world.questions.resume()  # the asker is only invited: nothing changes
+    assert (await conversations.get(pool, conversation_id)).state == "opening"
+    # The asker joined, but their join was handled before the room was recorded.
+    world.questions.watch.memberships[q.id] = "join"
+    await world.questions.resume()
+    assert (await conversations.get(pool, conversation_id)).state == "active"
+    assert world.questions.watch.welcomed == [q.id]
+    assert await table.awaiting_asker(pool) == []
