@@ -145,7 +145,9 @@ async def test_the_asker_watches_and_a_discusser_leaving_ends_all_three(
                      (dev, asker), (dana, dev), (dev, dana))
 
 
-@ROOMS
+@pytest.mark.parametrize("dana_encrypted, dev_encrypted, asker_encrypted", [
+    (False, False, False), (True, True, True), (False, True, True),
+], ids=["plain", "encrypted", "mixed"])
 async def test_the_asker_leaving_ends_only_the_watch(
         bridged: BridgedLab, dana_encrypted: bool, dev_encrypted: bool, asker_encrypted: bool):
     (asker, asker_dm, watch), (dana, dana_dm, dana_room), (dev, dev_dm, dev_room) = (
