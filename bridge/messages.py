@@ -324,6 +324,14 @@ ENGLISH: dict[str, str] = {
         "learn who it is."
     ),
     "already_discussing": "You are already waiting for a question to discuss.",
+    "status_discussing": (
+        "You have been waiting for a question to discuss for {duration}.{preferences}\n"
+        "Right now: {waiting} waiting, {chatting} chatting."
+    ),
+    "status_asking": (
+        "Your question has been waiting for two strangers for {duration}.\n"
+        "Right now: {waiting} waiting, {chatting} chatting."
+    ),
     "stopped_discussing": "You stopped waiting for questions. Send {prefix}discuss to wait again.",
     "questions_on": (
         "A stranger's question may now come to you while you wait after {prefix}start: "

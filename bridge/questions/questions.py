@@ -68,11 +68,12 @@ class Questions:
     def install(self) -> None:
         """Join the rest of the bridge: commands, the pairing's ends and requeues, the
         discussers' greeting, restrictions."""
-        start, stop, report = (self.commands.table["start"], self.commands.table["stop"],
-                               self.commands.table.get("report"))
-        self.commands.table.update(
-            ask=self.ask, discuss=self.discuss, questions=self.setting,
-            start=self._start_wrapping(start), stop=self._stop_wrapping(stop))
+        commands_table = self.commands.table
+        start, stop, report = commands_table["start"], commands_table["stop"], commands_table.get("report")
+        commands_table.update(ask=self.ask, discuss=self.discuss, questions=self.setting,
+                      start=self._start_wrapping(start), stop=self._stop_wrapping(stop),
+                      next=self._next_wrapping(commands_table["next"]),
+                      status=self._status_wrapping(commands_table["status"]))
         if report is not None:
             self.commands.table["report"] = self._report_wrapping(report)
         self.pairing.requeue_as = self.requeue_as
@@ -165,6 +166,34 @@ class Questions:
                 self.wake.set()
             return reply
         return start_or_switch
+
+    def _next_wrapping(self, next_: Command) -> Command:
+        async def next_unless_discussing(user_id: str, args: str = "") -> str | Reply:
+            # Waiting for a question and in no chat: !next has nothing to skip (and must not
+            # queue them for a plain chat as well).
+            if (await table.is_discusser(self.pool, user_id)
+                    and await conversations.live_side_of(self.pool, user_id) is None):
+                return "already_discussing"
+            return await next_(user_id, args)
+        return next_unless_discussing
+
+    def _status_wrapping(self, status: Command) -> Command:
+        async def status_with_questions(user_id: str, args: str = "") -> str | Reply:
+            reply = await status(user_id, args)
+            if not isinstance(reply, Reply) or reply.key != "status_idle":
+                return reply
+            now = datetime.now(timezone.utc)
+            since = await table.discusser_since(self.pool, user_id)
+            if since is not None:
+                return Reply("status_discussing", {
+                    **reply.values, "duration": messages.duration((now - since).total_seconds())})
+            q = await table.open_of(self.pool, user_id)
+            if q is not None and q.state == "waiting":
+                return Reply("status_asking", {
+                    **reply.values,
+                    "duration": messages.duration((now - q.asked_at).total_seconds())})
+            return reply
+        return status_with_questions
 
     def _stop_wrapping(self, stop: Command) -> Command:
         async def stop_everything(user_id: str, args: str = "") -> str | Reply:

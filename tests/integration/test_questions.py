@@ -502,3 +502,18 @@ async def test_a_join_the_bridge_missed_is_found_by_the_question_timer(pool, wor
     assert (await conversations.get(pool, conversation_id)).state == "active"
     assert world.questions.watch.welcomed == [q.id]
     assert await table.awaiting_asker(pool) == []
+
+
+async def test_status_and_next_of_a_waiting_discusser_and_asker(pool, world):
+    await agreed(pool, ASKER, D1)
+    await say(world.commands, D1, "!discuss")
+    key, text, _ = await say(world.commands, D1, "!status")
+    assert key == "status_discussing" and "waiting for a question to discuss" in text
+    # !next while only waiting for a question: nothing to skip, and no plain chat queued.
+    assert (await say(world.commands, D1, "!next"))[0] == "already_discussing"
+    assert not await queue.is_waiting(pool, D1) and await table.is_discusser(pool, D1)
+    await say(world.commands, ASKER, "!ask Why?")
+    assert (await say(world.commands, ASKER, "!status"))[0] == "status_asking"
+    # !start switches a discusser to the chat queue.
+    assert (await say(world.commands, D1, "!start"))[0] == "queued"
+    assert await queue.is_waiting(pool, D1) and not await table.is_discusser(pool, D1)
