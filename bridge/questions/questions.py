@@ -68,14 +68,14 @@ class Questions:
     def install(self) -> None:
         """Join the rest of the bridge: commands, the pairing's ends and requeues, the
         discussers' greeting, restrictions."""
-        commands_table = self.commands.table
-        start, stop, report = commands_table["start"], commands_table["stop"], commands_table.get("report")
-        commands_table.update(ask=self.ask, discuss=self.discuss, questions=self.setting,
-                      start=self._start_wrapping(start), stop=self._stop_wrapping(stop),
-                      next=self._next_wrapping(commands_table["next"]),
-                      status=self._status_wrapping(commands_table["status"]))
+        known = self.commands.table
+        start, stop, report = known["start"], known["stop"], known.get("report")
+        known.update(ask=self.ask, discuss=self.discuss, questions=self.setting,
+                     start=self._start_wrapping(start), stop=self._stop_wrapping(stop),
+                     next=self._next_wrapping(known["next"]),
+                     status=self._status_wrapping(known["status"]))
         if report is not None:
-            self.commands.table["report"] = self._report_wrapping(report)
+            known["report"] = self._report_wrapping(report)
         self.pairing.requeue_as = self.requeue_as
         self.pairing.on_end.append(self.after_end)
         self.pairing.activation_gates.append(self.hold_for_asker)
