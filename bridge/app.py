@@ -125,7 +125,7 @@ class StrangerBridge:
         self.dispatching = True
         await self.dispatcher.kick_all_pending()
         await self.pairing.resume()
-        await self.questions.resume()
+        # (Question mode's unfinished work is resumed by its timer's first run, at once.)
         # Rules (or the server lists) may have changed while the bridge was down.
         self.background.spawn(handler.enforcer.enforce_all(), "enforce restrictions")
         self._loops = [self.background.spawn(self.pairing.run_invite_timer(), "invite timer"),
