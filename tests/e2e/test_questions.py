@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 
 import asyncpg
 import pytest
@@ -170,3 +171,32 @@ async def test_the_asker_leaving_ends_only_the_watch(
     assert not [s for s in asker.log if s.body in ("Olives are fine.", "Agreed.")]
     assert_anonymous(bridged.bridge_domain, (asker, dana), (asker, dev), (dana, asker),
                      (dev, asker), (dana, dev), (dev, dana))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["graceful", "crash"])
+async def test_a_restart_mid_question_keeps_the_watch(bridged: BridgedLab, sig: int):
+    (asker, asker_dm, watch), (dana, dana_dm, dana_room), (dev, dev_dm, dev_room) = (
+        await question_under_way(bridged, True, False, True))
+    await dana.send_text(dana_room, "Before the restart.")
+    await said_in(asker, watch, "Before the restart.")
+    await bridged.bridge.restart(sig)
+    # Still relayed to the other discusser and mirrored to the asker, both ways.
+    await dana.send_text(dana_room, "After the restart.")
+    await said_in(dev, dev_room, "After the restart.")
+    await said_in(asker, watch, "After the restart.")
+    await dev.send_text(dev_room, "Indeed.")
+    await said_in(asker, watch, "Indeed.")
+    # And the ends still hold: Dev's !next ends the watch, told once.
+    mark = asker.mark()
+    await dev.send_text(dev_room, "!next")
+    await asker.wait_for_event(
+        lambda s: s.room_id == watch and s.body == "Stranger 2 has disconnected.",
+        since=mark, description="Stranger 2 left")
+    await bridged.cleaned_up([dana_room, dev_room])
+    await watch_closed(bridged, asker)
+    await bridged.settled(asker, asker_dm)
+    for text in ("Before the restart.", "After the restart.", "Indeed.",
+                 "Stranger 2 has disconnected."):
+        assert len([s for s in asker.log if s.room_id == watch and s.body == text]) == 1
+    assert_anonymous(bridged.bridge_domain, (asker, dana), (asker, dev), (dana, asker),
+                     (dev, asker))
