@@ -33,6 +33,7 @@ from bridge.moderation.safety import Safety
 from bridge.pairing import Pairing
 from bridge.portal import Portal
 from bridge.privacy.forget import Forgetting
+from bridge.questions.questions import Questions
 from bridge.recovery import Recovery
 from bridge.relay.ephemeral import EphemeralRelay
 from bridge.relay.relayer import Relayer
@@ -94,11 +95,17 @@ class StrangerBridge:
                              notify_dm=lambda *a, **v: handler_ref[0].notify_dm(*a, **v),
                              prefix=c["bridge.command_prefix"])
         self.forgetting = Forgetting(self.pool, self.pairing)
-        handler = Handler(self.appservice, self.pool, c, self.portal, self.pairing,
-                          Commands(self.pool, self.pairing, limits, self.safety,
-                                   reveal=self.reveal, forgetting=self.forgetting),
-                          Relayer(self.pool, c, self.portal, limits))
+        commands = Commands(self.pool, self.pairing, limits, self.safety,
+                            reveal=self.reveal, forgetting=self.forgetting)
+        relayer = Relayer(self.pool, c, self.portal, limits)
+        handler = Handler(self.appservice, self.pool, c, self.portal, self.pairing, commands,
+                          relayer)
         handler_ref.append(handler)
+        self.questions = Questions(self.pool, self.pairing, self.portal, relayer, commands,
+                                   self.safety, self.background)
+        self.questions.install()
+        self.questions.on_closed = self._forget_conversation
+        handler.questions = self.questions
         self.moderation_room = ModerationRoom(self.appservice, self.pool, c, handler.reply)
         self.safety.post = self.moderation_room.post
         handler.moderators = ModeratorCommands(self.pool, self.safety)
@@ -148,10 +155,12 @@ class StrangerBridge:
         # ended meanwhile: in the DM once the room is closed).
         self.background.spawn(self.reveal.deliver(), "reveal notices")
         await self.pairing.resume()
+        # (Question mode's unfinished work is resumed by its timer's first run, at once.)
         # Rules (or the server lists) may have changed while the bridge was down.
         self.background.spawn(handler.enforcer.enforce_all(), "enforce restrictions")
         self._loops = [self.background.spawn(self.pairing.run_invite_timer(), "invite timer"),
                        self.background.spawn(self.pairing.run_match_timer(), "match timer"),
+                       self.background.spawn(self.questions.run_timer(), "question timer"),
                        self.background.spawn(self._prune(), "pruning"),
                        self.background.spawn(self._purge_evidence(), "evidence purge"),
                        self.background.spawn(self.recovery.run(), "recovery")]

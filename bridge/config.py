@@ -69,6 +69,7 @@ class Config(BaseFileConfig):
             "bridge.calls.enabled", "bridge.calls.force_relay",
             "bridge.matching.fallback_after", "bridge.matching.rematch_cooldown",
             "bridge.matching.max_tags", "bridge.matching.max_tag_length",
+            "bridge.questions.max_length",
             "bridge.media.images", "bridge.media.stickers", "bridge.media.voice",
             "bridge.media.audio", "bridge.media.video", "bridge.media.files",
             "bridge.media.max_bytes", "bridge.media.max_pixels",
@@ -177,6 +178,7 @@ class Config(BaseFileConfig):
         _seconds(self, "bridge.matching.rematch_cooldown", 0, 30 * 86400)
         _int(self, "bridge.matching.max_tags", 1, 50)
         _int(self, "bridge.matching.max_tag_length", 1, 200)
+        _int(self, "bridge.questions.max_length", 1, 2000)
         for kind in ("images", "stickers", "voice", "audio", "video", "files"):
             _bool(self, f"bridge.media.{kind}")
         _int(self, "bridge.media.max_bytes", 1024, 1024 ** 3)

@@ -25,6 +25,7 @@ from bridge.moderation.room import ModerationRoom
 from bridge.pairing import Pairing
 from bridge.portal import LEFT, Portal, txn_id
 from bridge.privacy.forget import FORGOTTEN
+from bridge.questions.questions import Questions
 from bridge.relay.calls import joins_group_call
 from bridge.relay.relayer import Relayer
 from bridge.replies import parse
@@ -52,6 +53,8 @@ class Handler:
     # Set at start-up: the moderation room and the commands given there.
     moderation_room: ModerationRoom | None = None
     moderators: ModeratorCommands | None = None
+    # Set at start-up: question mode (watch rooms, mirroring to them).
+    questions: Questions | None = None
 
     def __init__(self, appservice: AppService, pool: asyncpg.Pool, config: Config,
                  portal: Portal, pairing: Pairing, commands: Commands, relayer: Relayer) -> None:
@@ -119,6 +122,8 @@ class Handler:
         if await users.get_by_dm_room(self.pool, room_id, sender):
             await self.on_dm_event(event)
             return Outcome.DONE
+        if self.questions is not None and await self.questions.on_watch_event(event):
+            return Outcome.DONE  # a watch room: read-only, nothing in it goes anywhere
         side = await conversations.side_by_room(self.pool, room_id)
         if side is not None and side.user_id == sender:
             return await self.on_chat_event(side, event)
@@ -146,6 +151,9 @@ class Handler:
         if membership in LEFT_MEMBERSHIPS and await users.get_by_dm_room(self.pool, room_id, target):
             await users.clear_dm_room(self.pool, room_id)
             await self.bot.leave_room(room_id)
+            return Outcome.DONE
+        if self.questions is not None and await self.questions.on_watch_member(
+                room_id, target, membership):
             return Outcome.DONE
         side = await conversations.side_by_room(self.pool, room_id)
         if side is None or side.user_id != target:
@@ -344,6 +352,10 @@ class Handler:
         if not await self.guard.allows(conv, side, event):
             return Outcome.DONE
         await self.relayer.relay(conv, side, event)
+        if self.questions is not None:
+            # Question mode: what crossed is also shown to the asker. Only here, after the
+            # relay: never a command, a reply to one, or a notice of ours.
+            await self.questions.mirror(conv, side, event)
         return Outcome.DONE
 
     async def decrypt_chat_event(self, side: Side, event: dict) -> dict | None:

@@ -47,6 +47,12 @@ ENGLISH: dict[str, str] = {
         "{prefix}reveal: in a chat, offer to exchange Matrix IDs with the stranger; only when "
         "you both send it does each see the other's ID ({prefix}reveal cancel takes it back)\n"
         "{prefix}forget: erase everything I hold about you (I ask you to confirm first)\n"
+        "{prefix}ask <question>: two strangers discuss your question while you watch "
+        "(read-only; they never learn who asked)\n"
+        "{prefix}discuss: wait for a stranger's question to discuss with another stranger\n"
+        "{prefix}questions on|off: whether a stranger's question may come to you when you "
+        "{prefix}start\n"
+        "{prefix}report question [reason]: in a question's chat, report the question\n"
         "{prefix}help: this list\n\n"
         "In a chat room, leaving the room ends the chat and finds you someone new.\n\n"
         "I speak {languages}. Commands keep their names in every language."
@@ -387,6 +393,86 @@ ENGLISH: dict[str, str] = {
     "duration_days": "{days} days",
     "list_separator": ", ",
     "list_separator_or": " or ",
+    # -- question mode (!ask, !discuss, !questions) --
+    "question_asked": "A stranger asks: {question}",
+    "ask_usage": (
+        "Ask two strangers a question: {prefix}ask <your question>. You watch their "
+        "discussion without taking part, and they never learn who asked."
+    ),
+    "question_too_long": "Your question is too long: {max} characters at most, please.",
+    "question_no_links": "Questions can't contain links. Please ask without one.",
+    "already_asking": (
+        "You have a question open already. Send {prefix}stop to withdraw it (or to stop "
+        "watching) before asking another."
+    ),
+    "question_queued": (
+        "Your question is waiting for two strangers to discuss it. I'll invite you to watch "
+        "as soon as they are found. Send {prefix}stop to withdraw it."
+    ),
+    "question_withdrawn": "Your question is withdrawn.",
+    "watch_stopped": "You stopped watching. The two strangers may go on without you.",
+    "discuss_usage": "Just send {prefix}discuss (it takes nothing after it) to wait for a question.",
+    "discuss_queued": (
+        "Waiting for a question to discuss… When a stranger asks one, I'll invite you to a "
+        "chat about it with another stranger. The one who asked watches, and you never "
+        "learn who it is."
+    ),
+    "already_discussing": "You are already waiting for a question to discuss.",
+    "status_discussing": (
+        "You have been waiting for a question to discuss for {duration}.{preferences}\n"
+        "Right now: {waiting} waiting, {chatting} chatting."
+    ),
+    "status_asking": (
+        "Your question has been waiting for two strangers for {duration}.\n"
+        "Right now: {waiting} waiting, {chatting} chatting."
+    ),
+    "stopped_discussing": "You stopped waiting for questions. Send {prefix}discuss to wait again.",
+    "questions_on": (
+        "A stranger's question may now come to you while you wait after {prefix}start: "
+        "you discuss it with another stranger while the one who asked watches (you never "
+        "learn who it is). Send {prefix}questions off to stop that."
+    ),
+    "questions_off": "From now on {prefix}start only finds you plain chats.",
+    "questions_show_on": (
+        "Questions may come to you while you wait after {prefix}start. Send "
+        "{prefix}questions off to stop that."
+    ),
+    "questions_show_off": (
+        "Questions don't come to you after {prefix}start. Send {prefix}questions on to "
+        "accept them, or {prefix}discuss to wait for one."
+    ),
+    "questions_usage": (
+        "Send {prefix}questions on or {prefix}questions off ({prefix}questions alone shows "
+        "the setting)."
+    ),
+    "watch_opened": (
+        "Two strangers are discussing your question: {question}\nThey appear here as "
+        "{name_1} and {name_2}. They can't see this room and never learn who asked."
+    ),
+    "watch_read_only": (
+        "This room is read-only: nothing you write here reaches the strangers."
+    ),
+    "watch_partner_left": "{name} has disconnected.",
+    "watch_ended": "The discussion has ended.",
+    "watch_no_show": (
+        "A stranger didn't join in time, so the discussion could not start. Send "
+        "{prefix}ask to ask again."
+    ),
+    "report_question_received": (
+        "Thanks, your report of the question was received and the moderators will look at "
+        "it. The chat has ended; nobody is told who reported. Send {prefix}start to meet "
+        "someone new."
+    ),
+    "report_no_question": (
+        "There is no question to report: {prefix}report question works in a question's "
+        "chat or just after it."
+    ),
+    "mod_question_report": (
+        "Report #{id}: {reporter} reported the question {asker} asked (question mode).\n"
+        "Reason: {reason}\nThe question: {question}\n"
+        "Act with {prefix}ban {asker} [duration] <reason>, {prefix}suspend {asker} "
+        "<duration> <reason>, or {prefix}dismiss {id}."
+    ),
 }
 
 

@@ -58,6 +58,18 @@ class Pairing:
         # rooms until then can now be handled.
         self.on_change: Callable[[int], Awaitable[None]] | None = None
         self.matchmaker = Matchmaker(pool, config, self._matched)
+        # Called (in the background) with a conversation's ID once it has ended: question
+        # mode ends the asker's watch.
+        self.on_end: list[Callable[[int], Awaitable[None]]] = []
+        # Where a user goes when queued again after a conversation, within its transaction
+        # (conn, conversation ID, user): True/False when it queued them (or could not),
+        # None to leave them to the chat queue. (Question mode: discussers go back to
+        # theirs.)
+        self.requeue_as: Callable[[object, int, str], Awaitable[bool | None]] | None = None
+        # Asked before a conversation whose sides have both joined becomes active (with the
+        # conversation, and whether its invite deadline has passed): True holds it back for
+        # now. (Question mode: until the asker is in the watch room, or the deadline.)
+        self.activation_gates: list[Callable[[Conversation, bool], Awaitable[bool]]] = []
 
     @property
     def fallback_after(self) -> float:
@@ -119,12 +131,15 @@ class Pairing:
             return False
         return await self.activate(conversation_id)
 
-    async def activate(self, conversation_id: int) -> bool:
+    async def activate(self, conversation_id: int, deadline_passed: bool = False) -> bool:
         """Both are in: greet both rooms, THEN let relaying start, so the greeting comes
         before anything the first to join wrote while waiting."""
         conv = await conversations.get(self.pool, conversation_id)
         if conv is None or conv.state != "opening":
             return False
+        for gate in self.activation_gates:
+            if await gate(conv, deadline_passed):
+                return False
         await self.portal.greet(conv)
         if not await conversations.activate(self.pool, conversation_id):
             return False
@@ -141,7 +156,7 @@ class Pairing:
                 await recent_pairs.remember(conn, conversation_id,
                                             self.config["bridge.matching.rematch_cooldown"])
                 requeued = [user_id for user_id in requeue
-                            if await queue.enqueue(conn, user_id, self.fallback_after)]
+                            if await self._requeue(conn, conversation_id, user_id)]
         if not ended:
             return False
         log.info("Conversation %d ended: %s", conversation_id, reason)
@@ -149,9 +164,18 @@ class Pairing:
         if self.on_change:
             await self.on_change(conversation_id)
         self.background.spawn(self.portal.close(conversation_id), f"close {conversation_id}")
+        for listener in self.on_end:
+            self.background.spawn(listener(conversation_id), f"ended {conversation_id}")
         for user_id in requeued:
             await self.matchmaker.claim(user_id)
         return True
+
+    async def _requeue(self, conn, conversation_id: int, user_id: str) -> bool:
+        if self.requeue_as is not None:
+            queued = await self.requeue_as(conn, conversation_id, user_id)
+            if queued is not None:
+                return queued
+        return await queue.enqueue(conn, user_id, self.fallback_after)
 
     async def leave(self, conversation_id: int, user_id: str, left_at: datetime) -> None:
         """The user left their room (at `left_at`, by their homeserver): end the chat and look
@@ -170,7 +194,7 @@ class Pairing:
             conv = await conversations.get(conn, conversation_id)
             if conv is None or not left_to_rematch(conv, user_id, left_at):
                 return False
-            if not await queue.enqueue(conn, user_id, self.fallback_after):
+            if not await self._requeue(conn, conversation_id, user_id):
                 return False  # already waiting or chatting again
         log.info("Conversation %d: side left as it ended; queued again", conversation_id)
         await self.matchmaker.claim(user_id)
@@ -182,7 +206,8 @@ class Pairing:
         if conv is None or conv.state != "opening":
             return
         if all(s.joined_at for s in conv.sides):
-            await self.activate(conversation_id)  # both made it in time after all
+            # Both made it in time after all.
+            await self.activate(conversation_id, deadline_passed=True)
             return
         present = [s.user_id for s in conv.sides if s.joined_at is not None]
         if await self.end(conversation_id, reason, None, requeue=present):

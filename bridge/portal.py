@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
 import asyncpg
 from mautrix.api import Method, Path
@@ -65,6 +65,10 @@ class Portal:
         # encrypted) and the ghosts' own devices (for encrypted chat rooms).
         self.bot_crypto: Crypto | None = None
         self.ghost_devices: GhostDevices | None = None
+        # A notice each side gets before its greeting, (key, values) or None: question
+        # mode's question. Awaited before the conversation becomes active.
+        self.opening_notice: (Callable[[Conversation], Awaitable[tuple[str, dict] | None]]
+                              | None) = None
 
     def ghost(self, ghost_id: str) -> IntentAPI:
         return self.appservice.intent.user(ghost_id)
@@ -158,7 +162,7 @@ class Portal:
                 return False
         return True
 
-    async def _register(self, ghost: IntentAPI) -> bool:
+    async def register_ghost(self, ghost: IntentAPI) -> bool:
         """Register the ghost; True when it was new just now, so it cannot be in any room
         yet (False after an earlier attempt, in this process or before a crash)."""
         store = self.appservice.state_store
@@ -178,7 +182,7 @@ class Portal:
         """This side's room: (its ID, whether the user is invited already), or None when
         the conversation ended before the room was made."""
         ghost = self.ghost(side.ghost_id)
-        if not await self._register(ghost):
+        if not await self.register_ghost(ghost):
             # This side's ghost is new and only ever joins this side's room: a room it is in
             # already is one whose creation an earlier attempt did not record (createRoom
             # has no transaction ID). Reuse it rather than leave it orphaned.
@@ -242,7 +246,11 @@ class Portal:
         return room_id, invited
 
     async def greet(self, conv: Conversation) -> None:
+        first = await self.opening_notice(conv) if self.opening_notice else None
         for side in conv.sides:
+            if first is not None:
+                await self.notice(self.ghost(side.ghost_id), side.room_id, first[0],
+                                  cause=conv.id, **first[1])
             # Shared tags, or that the match fell back on this side's interests / language.
             key, values = messages.chat_opened(conv.shared_tags, side.interests_unmet,
                                                side.language_unmet)

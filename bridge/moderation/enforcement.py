@@ -30,11 +30,18 @@ class Enforcer:
         self.config = config
         self.pairing = pairing
         self.notify_dm = notify_dm
+        # Other ways of taking part (question mode: asking, waiting to discuss): who does,
+        # and stopping a user there (True when something stopped).
+        self.activities: list[Callable[[], Awaitable[list[str]]]] = []
+        self.stoppers: list[Callable[[str], Awaitable[bool]]] = []
 
     async def active_users(self) -> list[str]:
-        """Everyone chatting or waiting."""
-        return sorted(set(await conversations.live_user_ids(self.pool))
-                      | set(await queue.waiting_user_ids(self.pool)))
+        """Everyone chatting or waiting (or asking, or waiting to discuss)."""
+        users = set(await conversations.live_user_ids(self.pool)) | set(
+            await queue.waiting_user_ids(self.pool))
+        for activity in self.activities:
+            users |= set(await activity())
+        return sorted(users)
 
     async def stop(self, user_id: str, restriction: Restriction, cause: str,
                    tell_anyway: bool = False) -> bool:
@@ -46,6 +53,8 @@ class Enforcer:
         if side is not None:
             stopped = await self.pairing.end(side.conversation_id, RESTRICTED, user_id)
         stopped = await queue.dequeue(self.pool, user_id) or stopped
+        for stopper in self.stoppers:
+            stopped = await stopper(user_id) or stopped
         if stopped:
             log.info("Stopped a restricted user (%s, %s)", restriction.kind, restriction.source)
         if stopped or tell_anyway:

@@ -43,7 +43,7 @@ class Safety:
     def grace(self) -> float:
         return self.config["bridge.moderation.evidence_grace"]
 
-    async def _to_moderators(self, key: str, cause: str, **values: str) -> None:
+    async def to_moderators(self, key: str, cause: str, **values: str) -> None:
         if self.post is None:
             log.warning("No moderation room: %s not posted", key)
             return
@@ -80,7 +80,7 @@ class Safety:
         # Ends for both at once; the reported side sees only that the stranger disconnected.
         await self.pairing.end(conv.id, REPORTED, user_id)
         said = await evidence.of_side(self.pool, conv.id, partner.side)
-        await self._to_moderators(
+        await self.to_moderators(
             "mod_report", f"report {report.id}", id=str(report.id), reporter=user_id,
             reported=partner.user_id, reason=report.reason or messages.phrase("no_reason_given"),
             count=str(len(said)), evidence=rules.evidence_text(said))
@@ -154,7 +154,7 @@ class Safety:
         restriction = await self.restrict(user_id, "suspended",
                                           messages.text("auto_suspension_reason"), seconds,
                                           AUTOMATIC, None)
-        await self._to_moderators(
+        await self.to_moderators(
             "mod_auto_suspended", f"auto {user_id} {restriction.until}", user=user_id,
             until=until_text(restriction), reporters=str(len(standings)),
             weight=f"{rules.reports_weight(standings):.2f}")

@@ -8,6 +8,7 @@ sanitised body also goes into the side's bounded evidence buffer (bridge/moderat
 from __future__ import annotations
 
 import logging
+from typing import Awaitable, Callable
 
 import asyncpg
 
@@ -67,18 +68,9 @@ class Relayer:
             if result is None:  # nothing of it crosses (e.g. every candidate filtered out)
                 return
         else:
-            mapping = {}
-            for event_id in referenced_event_ids(event.get("content")):
-                mapping[event_id] = await relayed.counterpart(self.pool, conv.id, event_id)
-            media = None
-            if kind_of(event["type"], event.get("content")) is not None:
-                # Copied (downloaded, cleaned, uploaded as the partner's ghost) before
-                # sanitising: sanitise builds the content from the copy, never from the
-                # sender's attachment.
-                media = await self.media.copy(side, partner, event)
-            result = media if isinstance(media, Refused) else sanitise(
-                event["type"], event.get("content"), map_event_id=mapping.get,
-                max_body_bytes=self.config["bridge.max_body_bytes"], media=media)
+            result = await self.content_for(
+                side, partner, event,
+                lambda event_id: relayed.counterpart(self.pool, conv.id, event_id))
         if isinstance(result, Refused):
             log.info("Conversation %d: refused %s from side %d: %s %s", conv.id,
                      event["event_id"], side.side, result.reason, result.detail)
@@ -107,6 +99,26 @@ class Relayer:
         if keep and isinstance(body, str):
             # The rolling evidence buffer (what was relayed, sanitised): a report's evidence.
             await evidence.append(self.pool, conv.id, side.side, body, keep)
+
+    async def content_for(self, side: Side, target: Side, event: dict,
+                          counterpart: Callable[[str], Awaitable[str | None]]) -> dict | Refused:
+        """The event's content for the target's room, sent by the target's ghost: its
+        attachment copied for that room, event IDs it points at mapped by `counterpart`,
+        and the whole through sanitise(). (The partner's room; question mode's watch room
+        gets its copy the same way.)"""
+        mapping = {}
+        for event_id in referenced_event_ids(event.get("content")):
+            mapping[event_id] = await counterpart(event_id)
+        media = None
+        if kind_of(event["type"], event.get("content")) is not None:
+            # Copied (downloaded, cleaned, uploaded as the target's ghost) before
+            # sanitising: sanitise builds the content from the copy, never from the
+            # sender's attachment.
+            media = await self.media.copy(side, target, event)
+            if isinstance(media, Refused):
+                return media
+        return sanitise(event["type"], event.get("content"), map_event_id=mapping.get,
+                        max_body_bytes=self.config["bridge.max_body_bytes"], media=media)
 
     async def _redact(self, conv: Conversation, side: Side, event: dict) -> None:
         """The user took back one of their relayed messages or reactions: the ghost takes

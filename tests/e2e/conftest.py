@@ -90,6 +90,8 @@ async def _empty_queue_between_tests(request: pytest.FixtureRequest):
         try:
             await conn.execute("DELETE FROM waiting")  # (and its waiting_keys)
             await conn.execute("DELETE FROM recent_pairs")
+            await conn.execute("DELETE FROM discussers")  # question mode's queue
+            await conn.execute("UPDATE questions SET state = 'ended' WHERE state = 'waiting'")
         finally:
             await conn.close()
         await lab.close_clients()

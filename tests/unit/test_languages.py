@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = catalogs.shipped()
 # The commands a user can send (Commands.table, with !report and !block).
 USER_COMMANDS = ("agree", "start", "next", "stop", "interests", "lang", "status", "report",
-                 "block", "reveal", "forget", "help")
+                 "block", "reveal", "forget", "ask", "discuss", "questions", "help")
 MODERATOR_COMMANDS = ("reports", "dismiss", "ban", "suspend", "unban", "banserver",
                       "unbanserver", "counts")
 
