@@ -17,6 +17,7 @@ from ruamel.yaml import YAML
 from bridge.lab.bridge_process import BridgeProcess, generate_registration, write_config
 from bridge.lab.client import LabClient, Seen
 from bridge.lab.synapse import Lab, free_port
+from bridge.lab.synapse_workers import WorkerHomeserver, WorkerLayout, layout_from_env
 
 BOT_LOCALPART = "strangerbot"
 
@@ -154,6 +155,9 @@ class BridgedLab:
         await self.lab.stop()
         if admin_dsn is None:
             return
+        for hs in self.lab.homeservers:
+            if isinstance(hs, WorkerHomeserver):
+                await hs.drop_database()
         admin = await asyncpg.connect(admin_dsn)
         try:
             await admin.execute(
@@ -171,12 +175,17 @@ async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str, *,
                             homeserver_config: dict | None = None,
                             extra_registrations: list[Path] = (),
                             homeserver_via: Callable[[str], str] | None = None,
+                            workers: WorkerLayout | None | bool = True,
                             **config_overrides) -> BridgedLab:
     """`homeserver_config`: top-level homeserver.yaml keys for both homeservers (e.g. TURN);
     `extra_registrations`: other appservices on the first homeserver (a bench's own);
     `homeserver_via`: given the first homeserver's client URL, the URL the bridge is to
     use for it (e.g. through a proxy a test can cut: bridge/lab/tcpproxy.py);
+    `workers`: the first homeserver split into Synapse workers (on PostgreSQL, through
+    `admin_dsn`'s server) with this layout; True (the default) follows STRANGER_LAB_WORKERS,
+    None or False keeps it one process on SQLite;
     `config_overrides`: the bridge's config, by dotted key."""
+    layout = layout_from_env() if workers is True else (workers or None)
     admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {database_name} WITH (FORCE)")
@@ -189,6 +198,9 @@ async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str, *,
     lab = Lab(root / "lab", count=2,
               appservice_registrations={0: [registration, *extra_registrations]},
               extra_config=homeserver_config)
+    if layout is not None:
+        lab.homeservers[0] = WorkerHomeserver.replacing(
+            lab.homeservers[0], admin_dsn, layout, database_name=f"{database_name}_synapse")
     hs1 = lab.homeservers[0]
     port = free_port()
     config = root / "bridge-config.yaml"
@@ -197,12 +209,16 @@ async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str, *,
                  database_uri=database_uri, **{"appservice.bot_username": BOT_LOCALPART,
                                                 "logging.level": "DEBUG", **config_overrides})
     await generate_registration(config, registration)
-    await lab.start()
     bridge = BridgeProcess(config, port, root / "bridge.log")
     try:
+        await lab.start()
         await bridge.start()
-    except Exception:
+    except BaseException:
+        await bridge.stop()
         await lab.stop()
+        for hs in lab.homeservers:  # (a Synapse split into workers has a database of its own)
+            if isinstance(hs, WorkerHomeserver):
+                await hs.drop_database()
         raise
     return BridgedLab(lab, bridge, database_uri)
 

@@ -213,16 +213,21 @@ class Homeserver:
                                f"{self.log_tail(since=log_offset)}") from None
             raise
 
-    async def _wait_ready(self) -> None:
-        url = f"{self.client_url}/_matrix/client/versions"
+    async def _wait_ready(self, url: str | None = None,
+                          process: asyncio.subprocess.Process | None = None,
+                          what: str = "Synapse") -> None:
+        """Until `url` (the client API's versions) answers 200; fails when `process` (the
+        homeserver's) exits first."""
+        url = url or f"{self.client_url}/_matrix/client/versions"
         deadline = time.monotonic() + self.startup_timeout
         timeout = aiohttp.ClientTimeout(total=2)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
-                assert self._process is not None
-                if self._process.returncode is not None:
-                    raise LabError(f"{self.server_name}: Synapse exited with code "
-                                   f"{self._process.returncode} during start-up")
+                proc = process or self._process
+                assert proc is not None
+                if proc.returncode is not None:
+                    raise LabError(f"{self.server_name}: {what} exited with code "
+                                   f"{proc.returncode} during start-up")
                 try:
                     async with session.get(url) as resp:
                         if resp.status == 200:
