@@ -245,3 +245,30 @@ async def test_crypto_device_lists_are_dropped(database_uri):
             await conn.close()
     finally:
         await db.stop()
+
+
+async def test_the_running_bridge_scrubs_a_kept_chat_once_its_grace_is_over(tmp_path,
+                                                                            database_uri):
+    """The evidence purge's loop does the scrub (here with a grace of 2 s: it runs each s)."""
+    import asyncio
+    world = await start_inprocess_bridge(
+        tmp_path, database_uri, **existing_keys({"logging.level": "WARNING",
+                                                 "bridge.moderation.evidence_grace": 2}))
+    try:
+        ann, bob = await world.pair("ann", "bob")
+        await ann.command("!forget", "within 5 minutes")
+        reply = await ann.command("!forget confirm", "I have forgotten you")
+        assert "less than 2 s ago keeps it" in reply["content"]["body"]
+        pool = world.bridge.pool
+        # (That the chat keeps her ID meanwhile is the first test's; a loaded machine may
+        # take longer than this grace to answer.)
+        for _ in range(200):  # up to 20 s: the 2 s grace, then the next run of the loop
+            if not await pool.fetchval("SELECT count(*) FROM forget_pending"):
+                break
+            await asyncio.sleep(0.1)
+        assert await pool.fetchval("SELECT count(*) FROM forget_pending") == 0
+        assert await holders(pool, ann.user_id) == {}
+        assert await pool.fetchval("SELECT count(*) FROM conversation_sides WHERE user_id "
+                                   "LIKE 'forgotten:%'") == 1
+    finally:
+        await world.stop()
