@@ -5,8 +5,9 @@ In order: the user is taken out of everything the way a restriction takes them o
 (enforcement.Enforcer.withdraw): a live chat ends first (a stop: the partner is told as usual;
 a discusser's watching asker gets the usual goodbye), they leave the queue, a waiting
 question is withdrawn and a watch ends as if they had left it; the database rows go in one
-transaction (chats a report may still name keep the real ID for the grace period: erase.py); the bot answers, leaves the DM (it no
-longer knows it is theirs) and drops the device list it kept of them. A ghost saying goodbye
+transaction (chats a report may still name keep the real ID for the grace period, then the
+periodic purge calls scrub_due: erase.py); the bot answers, leaves the DM (it no longer knows
+it is theirs) and drops the device list it kept of them. A ghost saying goodbye
 in the user's encrypted chat room fetches that list again, so it is dropped once more when
 that room is closed (closed()).
 """
