@@ -109,7 +109,7 @@ class StrangerBridge:
         self.reveal = Reveal(self.pool, self.portal,
                              notify_dm=lambda *a, **v: handler_ref[0].notify_dm(*a, **v),
                              prefix=c["bridge.command_prefix"])
-        self.forgetting = Forgetting(self.pool, self.pairing)
+        self.forgetting = Forgetting(self.pool, self.pairing, self.safety.enforcer)
         commands = Commands(self.pool, self.pairing, limits, self.safety,
                             reveal=self.reveal, forgetting=self.forgetting)
         relayer = Relayer(self.pool, c, self.portal, limits)
@@ -320,11 +320,13 @@ class StrangerBridge:
 
     async def _purge_evidence(self) -> None:
         """Evidence of ended chats goes once their grace period is over (unless a report
-        holds it): checked often enough that none outlives its grace by more than a minute."""
+        holds it), and so does a forgotten user's real ID on them: checked often enough that
+        none outlives its grace by more than a minute."""
         interval = min(60.0, max(1.0, self.config["bridge.moderation.evidence_grace"] / 2))
         while True:
             try:
                 await self.safety.purge_evidence()
+                await self.forgetting.scrub_due()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 log.warning("Purging evidence failed: %s", e)
             await asyncio.sleep(interval)

@@ -64,7 +64,8 @@ class Commands:
         if reveal is not None:
             self.table["reveal"] = self.reveal_in_dm
             self.in_room["reveal"] = reveal.command
-        self.forgetting = forgetting or Forgetting(pool, pairing)
+        self.forgetting = forgetting or Forgetting(
+            pool, pairing, safety.enforcer if safety is not None else None)
         self.table["forget"] = self.forgetting.command  # in the DM only (not IN_CHAT_ROOM)
 
     async def run(self, user_id: str, command: Parsed, side: Side | None = None) -> Reply | None:

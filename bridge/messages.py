@@ -60,16 +60,19 @@ ENGLISH: dict[str, str] = {
     "forget_confirm": (
         "This erases everything I hold about you: that you accepted the rules, your "
         "interests and language, your place in the queue, your recent partners and the "
-        "strangers you blocked, and the IDs of your messages. A chat you are in ends. "
-        "Reports made by you or about you and the moderators' decisions are kept: they are "
-        "the operator's legal record. To go ahead, send {prefix}forget confirm within "
-        "{minutes} minutes."
+        "strangers you blocked, and the IDs of your messages. A chat you are in ends, and so "
+        "does a question you asked. Reports made by you or about you and the moderators' "
+        "decisions are kept: they are the operator's legal record. Blocks others made "
+        "against you are kept too: they protect them. To go ahead, send {prefix}forget "
+        "confirm within {minutes} minutes."
     ),
     "forgotten": (
-        "Done: I have forgotten you. Your past chats no longer carry your Matrix ID. Kept, "
-        "as the operator's legal record: reports made by you or about you, the moderators' "
-        "decisions (suspensions and bans) and the evidence a report holds. I'm leaving this "
-        "room now; invite me again whenever you like."
+        "Done: I have forgotten you. Your past chats no longer carry your Matrix ID; a chat "
+        "that ended less than {grace} ago keeps it that long, so it can still be reported. "
+        "Kept, as the operator's legal record: reports made by you or about you, the "
+        "moderators' decisions (suspensions and bans) and the evidence a report holds; kept "
+        "too, blocks others made against you. I'm leaving this room now; invite me again "
+        "whenever you like."
     ),
     "forget_not_asked": (
         "Nothing to confirm: send {prefix}forget first, then {prefix}forget confirm within "
@@ -507,6 +510,7 @@ NOTES: dict[str, str] = {
     "list_separator": "Between interests: 'cinema, jazz'.",
     "list_separator_or": "Between interests: 'cinema or jazz'.",
     "invite_expired_reason": "Shown as the reason a chat invite was taken back.",
+    "forgotten": "{grace} is a duration, e.g. '5 min' (the report grace period).",
 }
 
 # -- values of a message that are themselves words, rendered in the recipient's language ---------

@@ -93,7 +93,8 @@ class Safety:
             return Reply("block_nothing")
         conv, side = found
         # Before the end: a requeued user must never be offered the one they blocked.
-        await recent_pairs.avoid(self.pool, user_id, conv.partner_of(side).user_id)
+        await recent_pairs.avoid(self.pool, user_id, conv.partner_of(side).user_id,
+                                blocked_by=user_id)
         if side.live:
             await self.pairing.end(conv.id, BLOCKED, user_id, requeue=[user_id])
             return Reply("blocked_requeued")

@@ -1,9 +1,13 @@
 """`!forget` in the DM: asked, confirmed within a window, then everything the bridge holds
 about the user goes but the legal record (erase.py says what, and what stays).
 
-In order: a live chat ends first (a stop: the partner is told as usual) and the user leaves
-the queue; the database rows go in one transaction; the bot answers, leaves the DM (it no
-longer knows it is theirs) and drops the device list it kept of them. A ghost saying goodbye
+In order: the user is taken out of everything the way a restriction takes them out
+(enforcement.Enforcer.withdraw): a live chat ends first (a stop: the partner is told as usual;
+a discusser's watching asker gets the usual goodbye), they leave the queue, a waiting
+question is withdrawn and a watch ends as if they had left it; the database rows go in one
+transaction (chats a report may still name keep the real ID for the grace period, then the
+periodic purge calls scrub_due: erase.py); the bot answers, leaves the DM (it no longer knows
+it is theirs) and drops the device list it kept of them. A ghost saying goodbye
 in the user's encrypted chat room fetches that list again, so it is dropped once more when
 that room is closed (closed()).
 """
@@ -17,7 +21,7 @@ from mautrix.util.async_db import Database
 
 from bridge import messages
 from bridge.encryption.crypto_store import forget_user
-from bridge.matching import queue
+from bridge.moderation.enforcement import FORGET, Enforcer
 from bridge.pairing import Pairing
 from bridge.portal import STOP
 from bridge.privacy import erase
@@ -31,10 +35,13 @@ FORGOTTEN = "forgotten"  # the reply's key once done: the handler then leaves th
 
 
 class Forgetting:
-    def __init__(self, pool: asyncpg.Pool, pairing: Pairing) -> None:
+    def __init__(self, pool: asyncpg.Pool, pairing: Pairing,
+                 enforcer: Enforcer | None = None) -> None:
         self.pool = pool
         self.pairing = pairing
         self.config = pairing.config
+        # The one way a user is taken out of everything (question mode's stoppers included).
+        self.enforcer = enforcer or Enforcer(pool, self.config, pairing, pairing.notify_dm)
         self.crypto_db: Database | None = None  # set at start when encryption is allowed
         # Chat rooms of forgotten users still being closed -> the user, for closed().
         self._closing: dict[str, str] = {}
@@ -42,6 +49,11 @@ class Forgetting:
     @property
     def window(self) -> float:
         return self.config["bridge.privacy.forget_window"]
+
+    @property
+    def grace(self) -> float:
+        """Reports are accepted this long after a chat: the real ID stays that long."""
+        return self.config["bridge.moderation.evidence_grace"]
 
     async def command(self, user_id: str, args: str) -> Reply:
         """`!forget` asks, `!forget confirm` does it; anything else is explained."""
@@ -58,26 +70,30 @@ class Forgetting:
         if not await erase.asked_within(self.pool, user_id, self.window):
             return Reply("forget_not_asked", {"minutes": minutes})
         erased = await self._forget(user_id)
-        log.info("A user was forgotten (%d conversations kept under a stand-in ID)",
-                 erased.conversations)
-        return Reply(FORGOTTEN)
+        log.info("A user was forgotten (%d conversations and %d questions under a stand-in "
+                 "ID, %d kept for the report grace period, %d blocks of others kept)",
+                 erased.conversations, erased.questions, erased.kept, erased.blocks_kept)
+        return Reply(FORGOTTEN, {"grace": messages.duration(max(1, math.ceil(self.grace)))})
 
     async def _forget(self, user_id: str) -> erase.Erased:
         for attempt in range(3):
             side = await conversations.live_side_of(self.pool, user_id)
-            if side is not None:
-                if side.room_id:  # before the end: its closing may be quick
-                    self._closing[side.room_id] = user_id
-                await self.pairing.end(side.conversation_id, STOP, user_id)
-            await queue.dequeue(self.pool, user_id)
+            if side is not None and side.room_id:  # before the end: its closing may be quick
+                self._closing[side.room_id] = user_id
+            await self.enforcer.withdraw(user_id, STOP, FORGET)
             try:
                 async with self.pool.acquire() as conn:
-                    return await erase.erase(conn, user_id)
+                    return await erase.erase(conn, user_id, self.grace)
             except ValueError:
                 # Paired in the same moment (they were waiting): end that chat too.
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    async def scrub_due(self) -> int:
+        """The periodic purge's step: chats whose report grace period is over lose the real
+        ID of a user forgotten meanwhile."""
+        return await erase.scrub_due(self.pool, self.grace)
 
     async def forget_devices(self, user_id: str) -> None:
         """The device list the crypto store keeps of the user (after the bot's last message

@@ -30,8 +30,9 @@ from bridge.portal import REPORTED, Portal
 from bridge.questions import table
 from bridge.questions.matcher import QuestionMatcher
 from bridge.questions.mirror import Mirror
-from bridge.questions.rules import (ASKER_LEFT, ASKER_NO_SHOW, ASKER_RESTRICTED, ASKER_STOPPED,
-                                    WATCH_FAILED, watch_goodbye)
+from bridge.moderation.enforcement import RESTRICTION
+from bridge.questions.rules import (ASKER_FORGOT, ASKER_LEFT, ASKER_NO_SHOW, ASKER_RESTRICTED,
+                                    ASKER_STOPPED, WATCH_FAILED, watch_goodbye)
 from bridge.questions.watch import Watch
 from bridge.relay.relayer import Relayer
 from bridge.replies import Reply
@@ -81,7 +82,7 @@ class Questions:
         self.pairing.activation_gates.append(self.hold_for_asker)
         self.portal.opening_notice = self.opening_notice
         if self.safety is not None:
-            self.safety.enforcer.stoppers.append(self.stop_restricted)
+            self.safety.enforcer.stoppers.append(self.withdraw)
             self.safety.enforcer.activities.append(self.active_users)
 
     # -- commands -----------------------------------------------------------------------------
@@ -247,7 +248,13 @@ class Questions:
             return None
         if q.state == "waiting":
             return "question_withdrawn"
-        await self.close(q.id)
+        try:
+            await self.close(q.id)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            # Ended in the database: the question timer closes the room (table.unfinished).
+            log.warning("Question %d: closing the watch failed, retried later: %s", q.id, e)
         return "watch_stopped"
 
     async def on_watch_event(self, event: dict) -> bool:
@@ -421,8 +428,11 @@ class Questions:
                UNION SELECT user_id FROM discussers""")
         return [r["user_id"] for r in rows]
 
-    async def stop_restricted(self, user_id: str) -> bool:
-        """A restricted user asks no more and discusses no more (their discussion, an
-        ordinary conversation, is ended by the enforcer itself)."""
-        asked = await self.stop_asking(user_id, ASKER_RESTRICTED, None)
+    async def withdraw(self, user_id: str, why: str) -> bool:
+        """A restricted (or forgotten: enforcement.FORGET) user asks no more and discusses
+        no more: a waiting question is withdrawn, a watch ends as if they had left it (the
+        discussers go on, told nothing). Their discussion, an ordinary conversation, is
+        ended by the enforcer itself (the watch then gets the usual goodbye)."""
+        reason = ASKER_RESTRICTED if why == RESTRICTION else ASKER_FORGOT
+        asked = await self.stop_asking(user_id, reason, None)
         return await table.dequeue_discusser(self.pool, user_id) or asked is not None

@@ -6,9 +6,10 @@ from bridge.portal import INVITE_FAILED, INVITE_TIMEOUT
 # Why a question ended, beyond its conversation's own end reasons (bridge.portal).
 ASKER_LEFT, ASKER_STOPPED, ASKER_RESTRICTED, WATCH_FAILED, ASKER_NO_SHOW = (
     "asker_left", "asker_stopped", "asker_restricted", "watch_failed", "asker_no_show")
+ASKER_FORGOT = "asker_forgot"  # !forget confirm: as if they had left the watch
 # The asker ended the watch (or never took it up): nothing to tell them in the room.
 BY_THE_ASKER = frozenset({ASKER_LEFT, ASKER_STOPPED, ASKER_RESTRICTED, WATCH_FAILED,
-                          ASKER_NO_SHOW})
+                          ASKER_NO_SHOW, ASKER_FORGOT})
 
 
 def watch_goodbye(end_reason: str | None, ended_by_side: int | None, name: str

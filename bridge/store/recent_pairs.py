@@ -24,12 +24,25 @@ async def remember(conn, conversation_id: int, cooldown: float) -> None:
         conversation_id, float(cooldown))
 
 
-async def avoid(db, user_a: str, user_b: str, until: str = "infinity") -> None:
-    """Keep two users apart until `until` (a timestamp; 'infinity': for good)."""
+async def avoid(db, user_a: str, user_b: str, until: str = "infinity",
+                blocked_by: str | None = None) -> None:
+    """Keep two users apart until `until` (a timestamp; 'infinity': for good). `blocked_by`:
+    which of them blocked the other; a block outlives the blocked one's !forget, not the
+    blocker's (erase.py). A block of unknown maker (made before that was recorded) stays
+    unknown."""
     a, b = sorted((user_a, user_b))
     await db.execute(
-        """INSERT INTO recent_pairs (user_a, user_b, until) VALUES ($1, $2, $3::text::timestamptz)
-           ON CONFLICT (user_a, user_b) DO UPDATE SET until = EXCLUDED.until""", a, b, until)
+        """INSERT INTO recent_pairs (user_a, user_b, until, blocked_by)
+           VALUES ($1, $2, $3::text::timestamptz,
+                   CASE WHEN $4::text IS NULL THEN NULL ELSE ARRAY[$4::text] END)
+           ON CONFLICT (user_a, user_b) DO UPDATE SET until = EXCLUDED.until,
+               blocked_by = CASE
+                   WHEN EXCLUDED.blocked_by IS NULL THEN recent_pairs.blocked_by
+                   WHEN recent_pairs.until = 'infinity' AND recent_pairs.blocked_by IS NULL
+                       THEN NULL
+                   ELSE ARRAY(SELECT DISTINCT unnest(
+                       coalesce(recent_pairs.blocked_by, '{}') || EXCLUDED.blocked_by)) END""",
+        a, b, until, blocked_by)
 
 
 async def release_expired(db, limit: int = 1000) -> int:

@@ -1,7 +1,8 @@
 """End to end, on two federated homeservers with the real bridge process:
 - `!forget` then `!forget confirm` in the DM during a live chat: the partner is told the
-  stranger disconnected, the user what was forgotten and what is kept, and afterwards no
-  table holds their Matrix ID (mautrix's crypto tables included);
+  stranger disconnected, the user what was forgotten and what is kept; the partner's report
+  just after still names them, and once the report grace period is over no table holds
+  their Matrix ID (mautrix's crypto tables included) but that report;
 - the bridge process's own log (INFO and above) never holds either user's Matrix ID,
   display name or the text they sent.
 In plain, encrypted and mixed chats (the DM of the one who forgets encrypted like their room).
@@ -15,6 +16,7 @@ import asyncpg
 import pytest
 
 from bridge.lab.bridged import BridgedLab
+from bridge.privacy.erase import scrub_due
 from tests.e2e.anonymity import assert_anonymous
 
 pytestmark = pytest.mark.e2e
@@ -22,8 +24,10 @@ pytestmark = pytest.mark.e2e
 ENCRYPTION = pytest.mark.parametrize("alice_encrypted, bob_encrypted", [
     (False, False), (True, True), (True, False)], ids=["plain", "encrypted", "mixed"])
 
-# Tables that keep a forgotten user's ID (the operator's legal record); here nobody reports.
+# Tables that keep a forgotten user's ID (the operator's legal record).
 LEGAL_RECORD = {"reports", "sanctions", "evidence", "moderation_log"}
+# ...and, for the report grace period, the chat that just ended (and the bare ID it names).
+DURING_GRACE = {"conversation_sides", "conversations", "users", "forget_pending"}
 # A log record's first line: "<date> <time>,<ms> LEVEL logger: message".
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
@@ -89,11 +93,29 @@ async def test_forget_in_a_live_chat_and_nothing_of_the_users_in_the_log(
     done = await bridged.command(alice, alice_dm, "!forget confirm", "I have forgotten you")
     assert "reports made by you or about you" in done.body
     assert "moderators' decisions" in done.body
+    assert "less than 5 min ago keeps it" in done.body
     await said(bob, bob_room, "Stranger has disconnected.", bob_mark)
     await bridged.cleaned_up([alice_room, bob_room])
     await bridged.settled(bob, bob_dm)
 
-    # Nothing of Alice is left; Bob, who did nothing, keeps his row.
+    # Within the report grace period the chat keeps her ID: Bob's report names her.
+    left = await holders(bridged.database_uri, alice.user_id)
+    assert {column.split(".")[0] for column in left} <= LEGAL_RECORD | DURING_GRACE, left
+    await bridged.command(bob, bob_dm, "!report too pushy", "your report was received")
+    conn = await asyncpg.connect(bridged.database_uri)
+    try:
+        assert await conn.fetchval("SELECT reported FROM reports WHERE reporter = $1",
+                                   bob.user_id) == alice.user_id
+        # The grace period over, the purge's step (here called at once) scrubs it.
+        await conn.execute("UPDATE conversations SET ended_at = now() - interval '301 s'")
+        pool = await asyncpg.create_pool(bridged.database_uri, min_size=1, max_size=1)
+        try:
+            assert await scrub_due(pool, 300) == 1
+        finally:
+            await pool.close()
+    finally:
+        await conn.close()
+    # Nothing of Alice is left but the report; Bob keeps his row.
     left = await holders(bridged.database_uri, alice.user_id)
     assert {column.split(".")[0] for column in left} <= LEGAL_RECORD, left
     assert "users.user_id" in await holders(bridged.database_uri, bob.user_id)

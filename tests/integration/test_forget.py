@@ -1,12 +1,14 @@
 """!forget: after a confirmation, no table holds the user's Matrix ID but the legal record
-(reports, sanctions, evidence, the moderators' log); without one, nothing changes. The whole
-bridge in process, against the fake homeserver and real PostgreSQL."""
+(reports, sanctions, evidence, the moderators' log) and blocks others made against them,
+once the report grace period of their last chats is over (until then those chats keep it, so
+a partner can still report them); without one, nothing changes. The whole bridge in process,
+against the fake homeserver and real PostgreSQL."""
 from __future__ import annotations
 
 import asyncpg
 import pytest
 
-from bridge.lab.inprocess import existing_keys, start_inprocess_bridge
+from bridge.lab.inprocess import SERVER_NAME, existing_keys, start_inprocess_bridge
 from bridge.matching import queue
 from bridge.store import conversations, users
 
@@ -14,14 +16,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:loop argument is deprecated:Depr
 
 # Tables that may keep a forgotten user's ID: the operator's legal record.
 LEGAL_RECORD = {"reports", "sanctions", "evidence", "moderation_log"}
+MOD = f"@mod:{SERVER_NAME}"
 
 
 @pytest.fixture
 async def world(tmp_path, database_uri):
     world = await start_inprocess_bridge(
         tmp_path, database_uri, **existing_keys({"logging.level": "WARNING",
-                                                 "bridge.matching.fallback_after": 0}))
+                                                 "bridge.matching.fallback_after": 0,
+                                                 "bridge.admins": [MOD]}))
     try:
+        world.hs.member(world.bridge.moderation_room.room_id, MOD, "join")
         yield world
     finally:
         await world.stop()
@@ -63,8 +68,8 @@ async def in_chat_room(world, user, text: str) -> None:
 
 
 async def history(world):
-    """Ann has a past: reported by carl, reported bob and blocked him, interests and a
-    language, a live chat with dave, and a (lifted) suspension on record."""
+    """Ann has a past: reported and blocked by carl, reported bob and blocked him, interests
+    and a language, a live chat with dave, and a (lifted) suspension on record."""
     ann, bob, carl, dave = (world.user(n) for n in ("ann", "bob", "carl", "dave"))
     for user in (ann, bob, carl, dave):
         await user.ready()
@@ -72,6 +77,7 @@ async def history(world):
     await chat_line(world, ann, carl, "hello carl")
     await chat_line(world, carl, ann, "hello ann")
     await in_chat_room(world, carl, "!report rude")
+    await carl.command("!block", "Blocked")
     await world.pair_users(ann, bob)
     await chat_line(world, ann, bob, "hello bob")
     await in_chat_room(world, ann, "!report spam")
@@ -104,7 +110,10 @@ async def test_forget_confirmed_leaves_only_the_legal_record(world):
     await ann.command("!forget", "within 5 minutes")
     mark = world.hs.mark()
     reply = await ann.command("!forget confirm", "I have forgotten you")
-    assert "reports made by you or about you" in reply["content"]["body"]
+    body = reply["content"]["body"]
+    assert "reports made by you or about you" in body
+    assert "a chat that ended less than 5 min ago keeps it that long" in body
+    assert "blocks others made against you" in body
     # Dave is told, as for any stop; the bot leaves Ann's DM.
     await world.hs.wait_for(lambda e: e["room_id"] == dave.room
                             and "Stranger has disconnected" in str(e["content"].get("body")),
@@ -113,10 +122,38 @@ async def test_forget_confirmed_leaves_only_the_legal_record(world):
                             and e["content"].get("membership") == "leave", 30, mark, "bot leaves")
     await world.quiesce()
 
+    # Within the report grace period her three chats (all just ended) keep her ID, and so
+    # does a bare users row they point at; nothing else of hers is left.
+    during = await holders(pool, ann.user_id)
+    assert {column.split(".")[0] for column in during} <= LEGAL_RECORD | {
+        "conversation_sides", "conversations", "users", "forget_pending", "recent_pairs"}, during
+    assert during["conversation_sides.user_id"] == 3
+    row = await pool.fetchrow("SELECT * FROM users WHERE user_id = $1", ann.user_id)
+    assert (row["dm_room_id"], row["agreed_at"], row["tags"], row["lang"]) == (
+        None, None, [], None)
+    # Dave reports her after her !forget: the moderators get her real ID.
+    mark = world.hs.mark()
+    await dave.command("!report creepy", "report was received")
+    post = await world.hs.wait_for(
+        lambda e: e["room_id"] == world.bridge.moderation_room.room_id
+        and "creepy" in str(e["content"].get("body", "")), 30, mark, "report posted")
+    assert ann.user_id in post["content"]["body"]
+    assert await pool.fetchval("SELECT reported FROM reports WHERE reporter = $1",
+                               dave.user_id) == ann.user_id
+
+    # The grace period is over: the periodic purge's step gives them the stand-in, once
+    # (again, or in another process: nothing left to do).
+    await pool.execute("UPDATE conversations SET ended_at = now() - interval '301 seconds'")
+    assert await world.bridge.forgetting.scrub_due() == 3
+    assert await world.bridge.forgetting.scrub_due() == 0
     after = await holders(pool, ann.user_id)
-    assert {column.split(".")[0] for column in after} <= LEGAL_RECORD, after
-    assert after["reports.reporter"] == 1 and after["reports.reported"] == 1
+    assert {column.split(".")[0] for column in after} <= LEGAL_RECORD | {"recent_pairs"}, after
+    assert after["reports.reporter"] == 1 and after["reports.reported"] == 2
     assert after["sanctions.user_id"] == 1
+    # Carl's block of her stays (it protects him); hers of bob went.
+    blocks = await pool.fetch("SELECT user_a, user_b, until, blocked_by FROM recent_pairs")
+    assert [(r["user_a"], r["user_b"], r["blocked_by"]) for r in blocks] == [
+        (ann.user_id, carl.user_id, [carl.user_id])]
     # Her side of each chat has a stand-in; the partners' sides and histories are whole.
     conv = await conversations.get(pool, live.conversation_id)
     assert conv.state == "ended"
@@ -128,6 +165,7 @@ async def test_forget_confirmed_leaves_only_the_legal_record(world):
                                    other.user_id) == 1
     assert await pool.fetchval("SELECT count(*) FROM conversation_sides WHERE user_id = $1",
                                stand_in) == 3  # one stand-in per erasure: her three chats
+    assert await pool.fetchval("SELECT count(*) FROM forget_pending") == 0
     # Dave goes on as usual; Ann may come back as a newcomer.
     assert not await queue.is_waiting(pool, dave.user_id)
     await ann.open_dm()
@@ -207,3 +245,30 @@ async def test_crypto_device_lists_are_dropped(database_uri):
             await conn.close()
     finally:
         await db.stop()
+
+
+async def test_the_running_bridge_scrubs_a_kept_chat_once_its_grace_is_over(tmp_path,
+                                                                            database_uri):
+    """The evidence purge's loop does the scrub (here with a grace of 2 s: it runs each s)."""
+    import asyncio
+    world = await start_inprocess_bridge(
+        tmp_path, database_uri, **existing_keys({"logging.level": "WARNING",
+                                                 "bridge.moderation.evidence_grace": 2}))
+    try:
+        ann, bob = await world.pair("ann", "bob")
+        await ann.command("!forget", "within 5 minutes")
+        reply = await ann.command("!forget confirm", "I have forgotten you")
+        assert "less than 2 s ago keeps it" in reply["content"]["body"]
+        pool = world.bridge.pool
+        # (That the chat keeps her ID meanwhile is the first test's; a loaded machine may
+        # take longer than this grace to answer.)
+        for _ in range(200):  # up to 20 s: the 2 s grace, then the next run of the loop
+            if not await pool.fetchval("SELECT count(*) FROM forget_pending"):
+                break
+            await asyncio.sleep(0.1)
+        assert await pool.fetchval("SELECT count(*) FROM forget_pending") == 0
+        assert await holders(pool, ann.user_id) == {}
+        assert await pool.fetchval("SELECT count(*) FROM conversation_sides WHERE user_id "
+                                   "LIKE 'forgotten:%'") == 1
+    finally:
+        await world.stop()

@@ -17,7 +17,8 @@ ADMIN_DSN = os.environ.get("STRANGER_TEST_PG", "postgresql://postgres@127.0.0.1:
 TABLES = {"users", "waiting", "conversations", "conversation_sides", "inbox", "relayed",
           "waiting_keys", "recent_pairs", "call_ids", "policy_rooms", "policy_rules",
           "start_limits", "evidence", "reports", "sanctions", "server_bans", "moderation_log",
-          "bridge_state", "reveal_requests", "discussers", "questions", "question_mirrored"}
+          "bridge_state", "reveal_requests", "discussers", "questions", "question_mirrored",
+          "forget_pending"}
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from bridge.moderation import sanctions
 from bridge.pairing import Pairing
 from bridge.questions import table
 from bridge.questions.questions import Questions
-from bridge.questions.rules import ASKER_LEFT
+from bridge.questions.rules import ASKER_FORGOT, ASKER_LEFT
 from bridge.relay.relayer import Relayer
 from bridge.store import conversations, relayed
 from tests.integration.moderation_world import agreed, say
@@ -517,3 +517,98 @@ async def test_status_and_next_of_a_waiting_discusser_and_asker(pool, world):
     # !start switches a discusser to the chat queue.
     assert (await say(world.commands, D1, "!start"))[0] == "queued"
     assert await queue.is_waiting(pool, D1) and not await table.is_discusser(pool, D1)
+
+
+# -- !forget in question mode ----------------------------------------------------------------
+
+async def forget(world, user_id: str) -> str:
+    assert (await say(world.commands, user_id, "!forget"))[0] == "forget_confirm"
+    key, _, _ = await say(world.commands, user_id, "!forget confirm")
+    await settle(world)
+    return key
+
+
+async def scrub_after_grace(pool, world) -> int:
+    await pool.execute("UPDATE conversations SET ended_at = now() - interval '1 hour'")
+    await pool.execute("UPDATE questions SET ended_at = now() - interval '1 hour'")
+    return await world.commands.forgetting.scrub_due()
+
+
+async def test_a_watching_asker_who_forgets_ends_the_watch_as_if_they_left(pool, world):
+    question, conv = await matched(pool, world)
+    assert await forget(world, ASKER) == "forgotten"
+    ended = await table.get(pool, question.id)
+    assert (ended.state, ended.end_reason, ended.ended_by) == ("ended", ASKER_FORGOT, None)
+    # The ghosts leave the watch room, saying nothing; the discussers go on, told nothing.
+    assert world.questions.watch.closed == [(question.id, None)]
+    assert (await conversations.get(pool, conv.id)).state == "active"
+    assert world.portal.closed == []
+    # While the discussion lasts (and a grace after), the question keeps the real asker:
+    # a discusser's report still names them.
+    assert ended.asker == ASKER
+    assert (await say(world.commands, D1, "!report question trolls"))[0] == (
+        "report_question_received")
+    assert world.posted[-1][1]["asker"] == ASKER
+    await settle(world)
+    # Over a grace ago: the stand-in, and nothing of the asker left but the report.
+    assert await scrub_after_grace(pool, world) == 1
+    q = await table.get(pool, question.id)
+    assert q.asker.startswith("forgotten:")
+    assert await pool.fetchval("SELECT count(*) FROM users WHERE user_id = $1", ASKER) == 0
+    assert await pool.fetchval("SELECT count(*) FROM forget_pending") == 0
+
+
+async def test_a_waiting_question_is_withdrawn_by_forget(pool, world):
+    await agreed(pool, ASKER, D1)
+    await say(world.commands, ASKER, "!ask Tea or coffee?")
+    assert await forget(world, ASKER) == "forgotten"
+    assert await pool.fetchval("SELECT count(*) FROM questions") == 0  # seen by nobody
+    assert world.questions.watch.closed == []
+    assert await pool.fetchval("SELECT count(*) FROM users WHERE user_id = $1", ASKER) == 0
+    # No discusser is ever matched with it.
+    await say(world.commands, D1, "!discuss")
+    assert await world.questions.sweep() == []
+
+
+async def test_a_watch_that_fails_to_close_on_forget_is_closed_by_the_timer(pool, world):
+    question, conv = await matched(pool, world)
+    close, failed = world.questions.watch.close, []
+
+    async def fails_once(question_id, notice):
+        if not failed:
+            failed.append(question_id)
+            raise ConnectionError("homeserver away")
+        return await close(question_id, notice)
+
+    world.questions.watch.close = fails_once
+    assert await forget(world, ASKER) == "forgotten"
+    assert failed == [question.id] and await table.unfinished(pool) == [question.id]
+    # The real ID stays while the room is not closed, even past the grace.
+    assert await scrub_after_grace(pool, world) == 0
+    await world.questions.resume()  # the question timer (or the next start)
+    assert world.questions.watch.closed == [(question.id, None)]
+    assert await table.unfinished(pool) == []
+    await say(world.commands, D1, "!stop")
+    await settle(world)
+    assert await scrub_after_grace(pool, world) == 1
+    assert (await table.get(pool, question.id)).asker.startswith("forgotten:")
+
+
+async def test_a_discusser_who_forgets_ends_the_chat_and_the_watch_says_goodbye(pool, world):
+    question, conv = await matched(pool, world)
+    assert await forget(world, D1) == "forgotten"
+    ended = await conversations.get(pool, conv.id)
+    assert (ended.state, ended.end_reason, ended.ended_by) == ("ended", "stop", D1)
+    q = await table.get(pool, question.id)
+    assert (q.state, q.ended_by) == ("ended", D1)
+    assert world.questions.watch.closed == [
+        (question.id, ("watch_partner_left", 1, {"name": "Stranger 1"}))]
+    # Neither is queued again (D1 is forgotten; D2 was left behind, as after any stop).
+    assert not await table.is_discusser(pool, D1) and not await queue.is_waiting(pool, D2)
+    # D2 may still report D1 just after: the real ID reaches the moderators.
+    assert (await say(world.commands, D2, "!report rude"))[0] == "report_received"
+    assert world.posted[-1][1]["reported"] == D1
+    assert await scrub_after_grace(pool, world) == 1
+    q = await table.get(pool, question.id)
+    assert q.ended_by.startswith("forgotten:") and q.asker == ASKER
+    assert (await conversations.get(pool, conv.id)).sides[0].user_id == q.ended_by
