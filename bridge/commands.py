@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 import asyncpg
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.i18n import catalogs
 from bridge.i18n.language import native_name
 from bridge.i18n.notices import languages_spoken

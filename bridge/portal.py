@@ -18,7 +18,7 @@ from mautrix.errors import MatrixConnectionError, MatrixRequestError, MUserInUse
 from mautrix.types import (EncryptionAlgorithm, EventType, Membership,
                            RoomEncryptionStateEventContent)
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.config import Config
 from bridge.encryption.crypto import Crypto
 from bridge.encryption.ghost_devices import GhostDevices

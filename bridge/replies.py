@@ -8,8 +8,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Reply:
-    key: str  # a bridge.messages key
-    # Text, or words rendered in the recipient's language when sent (bridge.messages.Value).
+    key: str  # a bridge.i18n.messages key
+    # Text, or words rendered in the recipient's language when sent (bridge.i18n.messages.Value).
     values: dict[str, Any] = field(default_factory=dict)
 
 

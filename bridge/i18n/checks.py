@@ -1,4 +1,4 @@
-"""What is wrong with a catalog, against the English in bridge/messages.py: an entry missing,
+"""What is wrong with a catalog, against the English in bridge/i18n/messages.py: an entry missing,
 empty, fuzzy or translating older English, a placeholder or a command changed, leading or
 trailing spaces lost (pieces such as " permanently" are glued into other messages). Used by
 the tests and by `python -m bridge.i18n`. Pure."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from mautrix.types import Format, MessageType, TextMessageEventContent
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.i18n import catalogs
 from bridge.i18n.direction import notice_fields
 from bridge.i18n.language import choose, is_rtl, native_name

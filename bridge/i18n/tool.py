@@ -1,4 +1,4 @@
-"""The developer command that keeps the catalogs in step with bridge/messages.py:
+"""The developer command that keeps the catalogs in step with bridge/i18n/messages.py:
 
     python -m bridge.i18n            (./dev catalogs) rewrite the template, update every
                                      catalog, then list what is left to translate
@@ -18,7 +18,7 @@ from babel import Locale, UnknownLocaleError
 from babel.messages.catalog import Catalog
 from babel.messages.pofile import read_po, write_po
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.i18n import catalogs
 from bridge.i18n.catalogs import DOMAIN, SOURCE_LANGUAGE
 from bridge.i18n.checks import problems

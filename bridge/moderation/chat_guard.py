@@ -4,7 +4,7 @@ the relayer to what sanitising leaves: a reply's quoted fallback or a mention pi
 link the partner would get.)"""
 from __future__ import annotations
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.moderation.limits import Limits
 from bridge.moderation.ratelimit import Flood
 from bridge.portal import FLOODED

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import asyncpg
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.metrics import definitions as metrics
 from bridge.matching import queue
 from bridge.moderation import rules

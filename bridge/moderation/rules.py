@@ -74,7 +74,7 @@ def auto_suspension_seconds(base: float, previous: int) -> float:
 
 
 class ModerationInputError(ValueError):
-    """What a moderator typed cannot be used; `key` is the bot's answer (bridge.messages)."""
+    """What a moderator typed cannot be used; `key` is the bot's answer (bridge.i18n.messages)."""
 
     def __init__(self, key: str, **values: str) -> None:
         super().__init__(key)

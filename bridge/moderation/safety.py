@@ -9,7 +9,7 @@ from typing import Awaitable, Callable
 
 import asyncpg
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.metrics import definitions as metrics
 from bridge.moderation import evidence, moderation_log, reports, rules, sanctions
 from bridge.moderation.enforcement import Enforcer

@@ -2,7 +2,7 @@
 how to contest it), as the EU DSA (art. 17) expects. Pure."""
 from __future__ import annotations
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.moderation.restriction import Restriction
 
 

@@ -19,7 +19,7 @@ import math
 import asyncpg
 from mautrix.util.async_db import Database
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.encryption.crypto_store import forget_user
 from bridge.moderation.enforcement import FORGET, Enforcer
 from bridge.pairing import Pairing

@@ -17,7 +17,7 @@ from typing import Awaitable, Callable
 
 import asyncpg
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.background import Background
 from bridge.dispatcher import is_transient
 from bridge.matching import queue

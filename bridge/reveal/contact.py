@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from urllib.parse import quote
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.i18n.direction import mark_rtl
 
 # Stands in for the contact while the sentence is rendered (and HTML-escaped, for the

@@ -6,7 +6,7 @@ import asyncio
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.background import Background
 from bridge.commands import Commands, Parsed
 from bridge.moderation.limits import Limits

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.commands import Commands, Parsed
 from bridge.matching import queue
 from bridge.store import users

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.lab.inprocess import existing_keys, start_inprocess_bridge
 from bridge.matching import queue
 from bridge.moderation.chat_guard import ChatGuard

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.matching import queue
 from bridge.moderation import policy_lists
 from bridge.moderation.enforcement import Enforcer

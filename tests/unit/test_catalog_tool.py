@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from babel.messages.pofile import read_po
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.i18n import catalogs, tool
 from bridge.i18n.checks import problems
 

@@ -1,4 +1,4 @@
-"""Languages: the catalogs are complete and sound, the template follows bridge/messages.py,
+"""Languages: the catalogs are complete and sound, the template follows bridge/i18n/messages.py,
 the checker finds every kind of fault, the language choice rule, right-to-left bodies, and
 !help complete in every language."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from babel.messages.catalog import Catalog
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.commands import Commands
 from bridge.i18n import catalogs
 from bridge.i18n.checks import problems

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.matching.policy import (LOOK_AGAIN, PreferenceError, Waiter, accept_in_order, accepts,
                              avoid_nobody, avoid_pairs, choose_partner, compatible,
                              fallback_delay, in_cooldown, is_flexible, normalise_lang,

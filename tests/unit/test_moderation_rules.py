@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bridge import messages
+from bridge.i18n import messages
 from bridge.moderation import rules
 from bridge.moderation.restriction import Restriction, strictest
 from bridge.moderation.rules import ModerationInputError, ReporterStanding

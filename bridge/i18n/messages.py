@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from bridge.i18n import catalogs
 from bridge.i18n.catalogs import SOURCE_LANGUAGE
 
-log = logging.getLogger("bridge.messages")
+log = logging.getLogger("bridge.i18n.messages")
 
 ENGLISH: dict[str, str] = {
     "greeting": (
