@@ -15,7 +15,7 @@ from bridge.cluster.partitions import partition_of
 from bridge.commands import Commands
 from bridge.config import Config
 from bridge.database import open_database
-from bridge.dispatcher import Dispatcher
+from bridge.dispatcher import Dispatcher, is_transient
 from bridge.encryption.crypto import Crypto
 from bridge.encryption.crypto_store import crypto_database, prune_expired_keys
 from bridge.encryption.device_events import DeviceEvents
@@ -75,6 +75,7 @@ class StrangerBridge:
         # Several processes: which rooms are ours, and whether we lead (run the timers).
         self.ownership: Ownership | None = None
         self._singletons: list[asyncio.Task] = []
+        self._taking_lead: asyncio.Task | None = None
 
     async def start(self) -> None:
         c = self.config
@@ -238,8 +239,25 @@ class StrangerBridge:
 
     async def _gained(self, partitions: frozenset[int]) -> None:
         if self.dispatching:  # (at start-up, kick_all_pending follows)
-            self.dispatcher.kick(await inbox.rooms_with_pending_in(
-                self.pool, partitions, self.ownership.partitions))
+            self.background.spawn(self._kick_pending_in(partitions), "take over rooms")
+
+    async def _kick_pending_in(self, partitions: frozenset[int]) -> None:
+        """The rooms of partitions just taken over that have events waiting (their NOTIFY
+        went to the previous owner). Retried while the database is away: nothing else
+        would wake those rooms."""
+        count, delay = self.ownership.partitions, 0.5
+        while True:
+            try:
+                rooms = await inbox.rooms_with_pending_in(self.pool, partitions, count)
+                break
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                log.warning("Looking for the events of partitions taken over failed (%s); "
+                            "retrying", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self.dispatcher.kick(rooms)
 
     async def _losing(self, partitions: frozenset[int]) -> None:
         count = self.ownership.partitions
@@ -248,10 +266,17 @@ class StrangerBridge:
 
     async def _leading(self, leading: bool) -> None:
         if leading:
-            # Another live process may be opening a conversation it matched a moment ago.
-            await self._start_singletons(
-                resume_min_age=RESUME_MIN_AGE if self.ownership.live > 1 else 0.0)
+            # In the background: resuming may take a while (or fail and be logged) and must
+            # not hold up the sharing out of rooms. Another live process may be opening a
+            # conversation it matched a moment ago: resumption leaves those alone.
+            self._taking_lead = self.background.spawn(self._start_singletons(
+                resume_min_age=RESUME_MIN_AGE if self.ownership.live > 1 else 0.0),
+                "take the lead")
         else:
+            if self._taking_lead is not None:
+                self._taking_lead.cancel()
+                await asyncio.gather(self._taking_lead, return_exceptions=True)
+                self._taking_lead = None
             await self._stop_singletons()
 
     async def _after_ready(self, device_events: DeviceEvents | None) -> None:

@@ -167,6 +167,8 @@ class Ownership:
                 log.warning("Lost the cluster connection (%s): giving up rooms and lead", e)
                 await self._give_up(unlock=False)
                 await self._close()
+            except Exception:  # a bug must not stop the balancing for good
+                log.exception("Balancing the cluster failed")
 
     async def _balance(self) -> None:
         conn = self._conn
