@@ -125,13 +125,13 @@ class StrangerBridge:
         self.safety.post = self.moderation_room.post
         handler.moderators = ModeratorCommands(self.pool, self.safety)
         self.dispatcher = Dispatcher(self.pool, handler.handle)
-        if c["bridge.cluster.enabled"]:
-            await self._join_cluster()
         # Deliveries the homeserver never makes, waking up after outages, failed cleanups.
         self.recovery = Recovery(self.appservice, self.pool, c, self.portal, self.dispatcher)
         self.dispatcher.precheck = self.recovery.missed_before
         self.dispatcher.on_transient = self.recovery.on_transient
         self.appservice.on_transaction = self.recovery.on_transaction
+        if c["bridge.cluster.enabled"]:  # (after Recovery: only the leader sweeps)
+            await self._join_cluster()
         self.ephemeral = EphemeralRelay(self.pool, self.portal, self.background)
         self.appservice.on_ephemeral = self.ephemeral.handle
         device_events = None
