@@ -267,3 +267,29 @@ async def test_events_handed_over_mid_stream_are_handled_once_in_order(database_
             await p.close()
     for room_id in rooms:
         assert log[room_id] == sent[room_id], room_id  # once each, in order
+
+
+async def test_a_delivery_check_notice_reaches_every_process(database_uri, pool):
+    """The bot's typing (the start-up delivery check) may come back to any process: the one
+    that gets it says so on CHECKS_CHANNEL, and every process hears it."""
+    heard: dict[str, list[str]] = {"a": [], "b": []}
+    made = [Ownership(database_uri, PARTITIONS, name, gained=_nothing, losing=_nothing,
+                      leading=_nothing, woken=lambda rooms: None, checked=heard[name].append)
+            for name in ("a", "b")]
+    for ownership in made:
+        await ownership.start()
+    try:
+        await pool.execute("SELECT pg_notify($1, $2)", notices.CHECKS_CHANNEL, "!check:hs")
+
+        async def both():
+            while not (heard["a"] and heard["b"]):
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(both(), TIMEOUT)
+        assert heard == {"a": ["!check:hs"], "b": ["!check:hs"]}
+    finally:
+        for ownership in made:
+            await ownership.stop()
+
+
+async def _nothing(_):
+    pass
