@@ -96,6 +96,10 @@ class Ownership:
         await self._give_up(unlock=True)
         if self._conn is not None:
             try:
+                # Not live any more before saying so: the others' balance on our notice
+                # must count us out, or they take our partitions only at their next one.
+                await self._conn.execute(
+                    f"SELECT pg_advisory_unlock_shared({NAMESPACE}, {MEMBER})")
                 await self._conn.execute("SELECT pg_notify($1, $2)", notices.MEMBERS_CHANNEL,
                                          f"left {self.instance}")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
