@@ -358,6 +358,9 @@ class Takeover:
     first_relay_s: float | None = None  # signal -> first relay seen of a message sent after
     # it from a room the process owned (None: no such room)
     restart_s: float = 0.0  # restart -> ready
+    # The longest a message from its rooms sent from 1 s before to 2 s after the signal took
+    # to be seen by the partner (send answered -> seen): what a user waited at worst.
+    worst_latency_s: float | None = None
 
 
 @dataclass
@@ -368,6 +371,7 @@ class DrillReport:
     unhandled_left: int
     bridge_errors: list[str]
     stuck: list[str] = field(default_factory=list)  # the events left unhandled
+    latencies_ms: list[float] = field(default_factory=list)  # relay latency of each message
 
     @property
     def sent(self) -> int:
@@ -403,7 +407,9 @@ class DrillReport:
     def takeover_figures(self) -> dict[str, dict]:
         out = {"partitions": [t.partitions_s * 1000 for t in self.takeovers],
                "first_relay": [t.first_relay_s * 1000 for t in self.takeovers
-                               if t.first_relay_s is not None]}
+                               if t.first_relay_s is not None],
+               "worst_latency": [t.worst_latency_s * 1000 for t in self.takeovers
+                                 if t.worst_latency_s is not None]}
         return {name: {**summary(samples), "max_ms": round(max(samples), 1)}
                 for name, samples in out.items() if samples}
 
@@ -414,15 +420,22 @@ class DrillReport:
                  f"unhandled {self.unhandled_left}, bridge ERROR lines {len(self.bridge_errors)}"]
         for t in self.takeovers:
             relay = "-" if t.first_relay_s is None else f"{t.first_relay_s:.2f}s"
+            worst = "-" if t.worst_latency_s is None else f"{t.worst_latency_s:.2f}s"
             lines.append(f"  {t.how} {t.process} ({t.rooms} rooms of the drill): every "
                          f"partition owned again after {t.partitions_s:.2f}s, first relay from "
-                         f"its rooms after {relay}; back up (ready) in {t.restart_s:.1f}s")
+                         f"its rooms of a message sent after it {relay}, worst relay latency "
+                         f"from them around it {worst}; back up (ready) in {t.restart_s:.1f}s")
         if self.takeovers:
             figures = self.takeover_figures()
             for name, f in figures.items():
                 lines.append(f"  {name} take-over: median {f['median_ms'] / 1000:.2f}s, "
                              f"p95 {f['p95_ms'] / 1000:.2f}s, max {f['max_ms'] / 1000:.2f}s")
         lines += [f"  left unhandled: {line}" for line in self.stuck[:5]]
+        if self.latencies_ms:
+            f = summary(self.latencies_ms)
+            lines.append(f"  relay latency (send answered -> seen by the partner) through it "
+                         f"all: median {f['median_ms']:.0f} ms, p95 {f['p95_ms']:.0f} ms, "
+                         f"max {max(self.latencies_ms):.0f} ms")
         for d in self.directions:
             if not d.exactly_once_in_order:
                 lines.append(f"  {d.name}: missing {d.missing[:5]}, duplicated "
@@ -514,8 +527,15 @@ async def process_drill(lab: BridgedLab, pairs: list[Pair], *, messages: int, ev
         await asyncio.gather(*(wait_for_body(to, to_room, f"{d.name}end", 120)
                                for d, _, _, to, to_room in directions))
         seconds = time.monotonic() - started
+        latencies = []  # send answered -> seen by the partner, each message's first copy
         for d, _, _, to, to_room in directions:
             d.received = relayed_bodies(to, to_room, d.name)
+            first = {}
+            for seen in to.log:
+                if (seen.room_id == to_room and seen.section == "timeline"
+                        and seen.body in sent_at and seen.body.startswith(d.name)):
+                    first.setdefault(seen.body, seen.at - sent_at[seen.body])
+            latencies += [seconds * 1000 for seconds in first.values()]
         # The first relay, after each signal, of a message sent after it from its rooms.
         by_room = {room: (d, to, to_room) for d, _, room, to, to_room in directions}
         for takeover, signalled, rooms in takeovers:
@@ -528,6 +548,16 @@ async def process_drill(lab: BridgedLab, pairs: list[Pair], *, messages: int, ev
                 if arrivals:
                     firsts.append(min(arrivals) - signalled)
             takeover.first_relay_s = min(firsts) if firsts else None
+            waits = []
+            for room in rooms:
+                d, to, to_room = by_room[room]
+                around = {b for b in d.sent if signalled - 1 <= sent_at.get(b, 0) <= signalled + 2}
+                arrived: dict[str, float] = {}
+                for seen in to.log:
+                    if seen.room_id == to_room and seen.body in around:
+                        arrived.setdefault(seen.body, seen.at)
+                waits += [arrived[b] - sent_at[b] for b in arrived]
+            takeover.worst_latency_s = max(waits) if waits else None
         # (Other events may still be on their way: memberships, the markers' neighbours.)
         unhandled = await unhandled_settles(lab, timeout=30)
         if unhandled:
@@ -542,4 +572,5 @@ async def process_drill(lab: BridgedLab, pairs: list[Pair], *, messages: int, ev
     finally:
         await conn.close()
     return DrillReport([d for d, *_ in directions], [t for t, _, _ in takeovers], seconds,
-                       unhandled, bridge_errors(lab, offsets), stuck if unhandled else [])
+                       unhandled, bridge_errors(lab, offsets), stuck if unhandled else [],
+                       latencies)
