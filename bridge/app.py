@@ -126,15 +126,19 @@ class StrangerBridge:
         self.safety.post = self.moderation_room.post
         handler.moderators = ModeratorCommands(self.pool, self.safety)
         self.dispatcher = Dispatcher(self.pool, handler.handle)
-        if c["bridge.cluster.enabled"]:
-            await self._join_cluster()
         # Deliveries the homeserver never makes, waking up after outages, failed cleanups.
         self.recovery = Recovery(self.appservice, self.pool, c, self.portal, self.dispatcher)
         self.dispatcher.precheck = self.recovery.missed_before
         self.dispatcher.on_transient = self.recovery.on_transient
         self.appservice.on_transaction = self.recovery.on_transaction
+        if c["bridge.cluster.enabled"]:  # (after Recovery: only the leader sweeps)
+            await self._join_cluster()
         self.ephemeral = EphemeralRelay(self.pool, self.portal, self.background)
         self.appservice.on_ephemeral = self.ephemeral.handle
+        if self.ownership is not None:  # the delivery check's typing may reach another process
+            self.ephemeral.elsewhere = lambda room_id: self.background.spawn(
+                self.pool.execute("SELECT pg_notify($1, $2)", notices.CHECKS_CHANNEL, room_id),
+                "delivery check notice")
         device_events = None
         if c["bridge.encryption.allow"] and c["bridge.encryption.appservice"]:
             # Transactions may bring room keys before encryption has started: they wait.
@@ -232,7 +236,9 @@ class StrangerBridge:
         self.pairing.invite_timer_max_wait = BALANCE_SECONDS
         self.ownership = Ownership(
             c["database.uri"], partitions, c.instance, gained=self._gained,
-            losing=self._losing, leading=self._leading, woken=self.dispatcher.kick)
+            losing=self._losing, leading=self._leading, woken=self.dispatcher.kick,
+            # (self.ephemeral is made after this)
+            checked=lambda room_id: self.ephemeral.heard(room_id))
         self.dispatcher.owns = self.ownership.owns
         self.dispatcher.kick_elsewhere = lambda rooms: self.background.spawn(
             notices.send(self.pool, rooms), "wake owners")

@@ -9,6 +9,9 @@ from __future__ import annotations
 CHANNEL = "stranger_bridge_rooms"
 # What a new or leaving process says so the others rebalance at once.
 MEMBERS_CHANNEL = "stranger_bridge_members"
+# "The bot's typing in this room reached me" (payload: the room ID): the start-up delivery
+# check of bridge/relay/ephemeral.py, whose transaction any process may get.
+CHECKS_CHANNEL = "stranger_bridge_checks"
 MAX_PAYLOAD_BYTES = 7000
 
 

@@ -57,11 +57,13 @@ class Ownership:
                  gained: Callable[[frozenset[int]], Awaitable[None]],
                  losing: Callable[[frozenset[int]], Awaitable[None]],
                  leading: Callable[[bool], Awaitable[None]],
-                 woken: Callable[[list[str]], None]) -> None:
+                 woken: Callable[[list[str]], None],
+                 checked: Callable[[str], None] | None = None) -> None:
         self.uri = uri
         self.partitions = partitions
         self.instance = instance
         self.gained, self.losing, self.leading, self.woken = gained, losing, leading, woken
+        self.checked = checked  # told what notices.CHECKS_CHANNEL says
         self.owned: frozenset[int] = frozenset()
         self._dropped: frozenset[int] = frozenset()  # owned until the connection died
         self.leader = False
@@ -94,6 +96,10 @@ class Ownership:
         await self._give_up(unlock=True)
         if self._conn is not None:
             try:
+                # Not live any more before saying so: the others' balance on our notice
+                # must count us out, or they take our partitions only at their next one.
+                await self._conn.execute(
+                    f"SELECT pg_advisory_unlock_shared({NAMESPACE}, {MEMBER})")
                 await self._conn.execute("SELECT pg_notify($1, $2)", notices.MEMBERS_CHANNEL,
                                          f"left {self.instance}")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
@@ -113,6 +119,9 @@ class Ownership:
         try:
             await conn.add_listener(notices.CHANNEL, self._on_rooms)
             await conn.add_listener(notices.MEMBERS_CHANNEL, self._on_members)
+            if self.checked is not None:
+                await conn.add_listener(notices.CHECKS_CHANNEL,
+                                        lambda _c, _p, _ch, room_id: self.checked(room_id))
             conn.add_termination_listener(self._terminated)
             await conn.execute(f"SELECT pg_advisory_lock_shared({NAMESPACE}, {MEMBER})")
             await conn.execute("SELECT pg_notify($1, $2)", notices.MEMBERS_CHANNEL,

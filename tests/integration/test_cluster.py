@@ -267,3 +267,63 @@ async def test_events_handed_over_mid_stream_are_handled_once_in_order(database_
             await p.close()
     for room_id in rooms:
         assert log[room_id] == sent[room_id], room_id  # once each, in order
+
+
+async def test_a_delivery_check_notice_reaches_every_process(database_uri, pool):
+    """The bot's typing (the start-up delivery check) may come back to any process: the one
+    that gets it says so on CHECKS_CHANNEL, and every process hears it."""
+    heard: dict[str, list[str]] = {"a": [], "b": []}
+    made = [Ownership(database_uri, PARTITIONS, name, gained=_nothing, losing=_nothing,
+                      leading=_nothing, woken=lambda rooms: None, checked=heard[name].append)
+            for name in ("a", "b")]
+    for ownership in made:
+        await ownership.start()
+    try:
+        await pool.execute("SELECT pg_notify($1, $2)", notices.CHECKS_CHANNEL, "!check:hs")
+
+        async def both():
+            while not (heard["a"] and heard["b"]):
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(both(), TIMEOUT)
+        assert heard == {"a": ["!check:hs"], "b": ["!check:hs"]}
+    finally:
+        for ownership in made:
+            await ownership.stop()
+
+
+async def _nothing(_):
+    pass
+
+
+async def test_a_graceful_stop_is_taken_over_without_waiting_for_a_balance(members, monkeypatch):
+    """The others take a stopping process's partitions when it says it left, not at their
+    next periodic balance: it must no longer count as live by then (its MEMBER lock gone
+    before its notice). Balances every 60 s here, so only the notices can do it."""
+    from bridge.cluster import ownership
+    monkeypatch.setattr(ownership, "BALANCE_SECONDS", 60.0)
+    a, b, c = await members("a"), await members("b"), await members("c")
+
+    async def shared():  # (joining is said by notices too)
+        while sorted(p for m in (a, b, c) for p in m.owned) != list(range(PARTITIONS)) or \
+                not all(m.owned for m in (a, b, c)):
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(shared(), 5)
+    # Its session lingers after its notice (a close takes a moment; here, until the others
+    # have taken over): the notice alone must do it.
+    closing = asyncio.Event()
+    close = a.ownership._close
+
+    async def slow_close():
+        await closing.wait()
+        await close()
+    a.ownership._close = slow_close
+    stopping = asyncio.create_task(a.ownership.stop())
+
+    async def taken():
+        while b.owned | c.owned != frozenset(range(PARTITIONS)):
+            await asyncio.sleep(0.01)
+    try:
+        await asyncio.wait_for(taken(), 5)
+    finally:
+        closing.set()
+        await stopping
