@@ -18,7 +18,7 @@ import asyncpg
 from ruamel.yaml import YAML
 
 from bridge import registration
-from bridge.app import StrangerBridge
+from bridge.app import ClusterMismatch, StrangerBridge
 from bridge.config import Config, ConfigError
 from bridge.database import DatabaseError, migrate
 from bridge.encryption.crypto import MisconfiguredMode
@@ -27,9 +27,15 @@ from bridge.privacy.log_filter import RedactUserIds
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, instance: str | None = None) -> None:
+        super().__init__()
+        self.instance = instance
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record), "level": record.levelname,
                  "logger": record.name, "message": record.getMessage()}
+        if self.instance:
+            entry["instance"] = self.instance
         if record.exc_info or record.exc_text:
             entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -38,8 +44,12 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(config: Config) -> None:
     level, fmt = config["logging.level"], config["logging.format"]
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Several processes (or a name given): each line says which process wrote it.
+    instance = (config.instance if config["bridge.cluster.enabled"] or config["bridge.instance"]
+                else None)
+    prefix = f"[{instance}] " if instance else ""
+    handler.setFormatter(JsonFormatter(instance) if fmt == "json" else logging.Formatter(
+        f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"))
     admins = set(config["bridge.admins"] or ())
     handler.addFilter(RedactUserIds(lambda user_id: user_id == config.bot_mxid
                                     or user_id in admins or config.is_ghost(user_id)))
@@ -140,6 +150,8 @@ def main() -> None:
         sys.exit(f"Could not rotate the pickle key (nothing changed): {e}")
     except MisconfiguredMode as e:
         sys.exit(f"Encryption mode problem: {e}")
+    except ClusterMismatch as e:
+        sys.exit(f"Cluster problem: {e}")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,13 @@ from mautrix.errors import MatrixError
 
 from bridge import bot_profile
 from bridge.background import Background
+from bridge.cluster import notices
+from bridge.cluster.ownership import BALANCE_SECONDS, Ownership
+from bridge.cluster.partitions import partition_of
 from bridge.commands import Commands
 from bridge.config import Config
 from bridge.database import open_database
-from bridge.dispatcher import Dispatcher
+from bridge.dispatcher import Dispatcher, is_transient
 from bridge.encryption.crypto import Crypto
 from bridge.encryption.crypto_store import crypto_database, prune_expired_keys
 from bridge.encryption.device_events import DeviceEvents
@@ -39,9 +42,18 @@ from bridge.relay.ephemeral import EphemeralRelay
 from bridge.relay.relayer import Relayer
 from bridge.reveal.exchange import Reveal
 from bridge.state_store import TrimmedStateStore, forget_user_logger
-from bridge.store import conversations, inbox
+from bridge.store import bridge_state, conversations, inbox
 
 log = logging.getLogger("bridge")
+
+# Several processes: a new leader leaves conversations matched this recently to the live
+# process that is opening them.
+RESUME_MIN_AGE = 30.0
+
+
+class ClusterMismatch(RuntimeError):
+    """The processes sharing a database disagree on how rooms are partitioned."""
+
 
 # Handled events are remembered (by ID only) this long: longer than any homeserver retries.
 INBOX_RETENTION_SECONDS = 7 * 24 * 3600
@@ -60,6 +72,10 @@ class StrangerBridge:
         self.dispatching = False
         self.health: HealthCheck | None = None
         self.metrics: MetricsServer | None = None
+        # Several processes: which rooms are ours, and whether we lead (run the timers).
+        self.ownership: Ownership | None = None
+        self._singletons: list[asyncio.Task] = []
+        self._taking_lead: asyncio.Task | None = None
 
     async def start(self) -> None:
         c = self.config
@@ -115,8 +131,14 @@ class StrangerBridge:
         self.dispatcher.precheck = self.recovery.missed_before
         self.dispatcher.on_transient = self.recovery.on_transient
         self.appservice.on_transaction = self.recovery.on_transaction
+        if c["bridge.cluster.enabled"]:  # (after Recovery: only the leader sweeps)
+            await self._join_cluster()
         self.ephemeral = EphemeralRelay(self.pool, self.portal, self.background)
         self.appservice.on_ephemeral = self.ephemeral.handle
+        if self.ownership is not None:  # the delivery check's typing may reach another process
+            self.ephemeral.elsewhere = lambda room_id: self.background.spawn(
+                self.pool.execute("SELECT pg_notify($1, $2)", notices.CHECKS_CHANNEL, room_id),
+                "delivery check notice")
         device_events = None
         if c["bridge.encryption.allow"] and c["bridge.encryption.appservice"]:
             # Transactions may bring room keys before encryption has started: they wait.
@@ -149,27 +171,119 @@ class StrangerBridge:
         # Before events are handled: they may be moderators' commands, or reports to post.
         await self.moderation_room.start(encrypted=self.crypto is not None)
         handler.moderation_room = self.moderation_room
+        self.handler = handler
         self.dispatching = True
+        if self.ownership is not None:
+            # Our share of the rooms first; the lead (and what it runs) may come with it.
+            await self.ownership.start()
         await self.dispatcher.kick_all_pending()
-        # What a crash left unsaid of a reveal (a decided one is delivered even if the chat
-        # ended meanwhile: in the DM once the room is closed).
-        self.background.spawn(self.reveal.deliver(), "reveal notices")
-        await self.pairing.resume()
-        # (Question mode's unfinished work is resumed by its timer's first run, at once.)
-        # Rules (or the server lists) may have changed while the bridge was down.
-        self.background.spawn(handler.enforcer.enforce_all(), "enforce restrictions")
-        self._loops = [self.background.spawn(self.pairing.run_invite_timer(), "invite timer"),
-                       self.background.spawn(self.pairing.run_match_timer(), "match timer"),
-                       self.background.spawn(self.questions.run_timer(), "question timer"),
-                       self.background.spawn(self._prune(), "pruning"),
-                       self.background.spawn(self._purge_evidence(), "evidence purge"),
-                       self.background.spawn(self.recovery.run(), "recovery")]
+        if self.ownership is None:
+            await self._start_singletons(resume_min_age=0.0)
+        self._loops = [self.background.spawn(self.recovery.run(), "recovery")]
         # Tell the homeserver we are up, so it re-sends what failed while we were away
         # now instead of on its backoff timer (in the background: readiness must not wait
         # on the homeserver's backoff).
         self.background.spawn(self._after_ready(device_events), "appservice ping")
         self.appservice.ready = True
         log.info("Stranger Bridge is up as %s", c.bot_mxid)
+
+    @property
+    def long_running(self) -> list[asyncio.Task]:
+        """The loops that run as long as the bridge (not work to wait for)."""
+        return self._loops + self._singletons
+
+    async def _start_singletons(self, resume_min_age: float) -> None:
+        """What must run in one process only: resuming what a crash left half-done, the
+        timers, pruning. With several processes, the leader's (again when the lead moves)."""
+        # What a crash left unsaid of a reveal (a decided one is delivered even if the chat
+        # ended meanwhile: in the DM once the room is closed).
+        self.background.spawn(self.reveal.deliver(), "reveal notices")
+        await self.pairing.resume(resume_min_age)
+        # (Question mode's unfinished work is resumed by its timer's first run, at once.)
+        # Rules (or the server lists) may have changed while the bridge was down.
+        self.background.spawn(self.handler.enforcer.enforce_all(), "enforce restrictions")
+        self._singletons = [
+            self.background.spawn(self.pairing.run_invite_timer(), "invite timer"),
+            self.background.spawn(self.pairing.run_match_timer(), "match timer"),
+            self.background.spawn(self.questions.run_timer(), "question timer"),
+            self.background.spawn(self._prune(), "pruning"),
+            self.background.spawn(self._purge_evidence(), "evidence purge")]
+        self.recovery.sweeping = True
+
+    async def _stop_singletons(self) -> None:
+        self.recovery.sweeping = False
+        tasks, self._singletons = self._singletons, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- several processes (bridge/cluster/) --------------------------------------------------
+
+    async def _join_cluster(self) -> None:
+        c = self.config
+        partitions = c["bridge.cluster.partitions"]
+        # Every process must cut the rooms the same way: the first one's count holds.
+        await self.pool.execute(
+            """INSERT INTO bridge_state (key, value) VALUES ('cluster_partitions', $1)
+               ON CONFLICT (key) DO NOTHING""", str(partitions))
+        stored = int(await bridge_state.get(self.pool, "cluster_partitions"))
+        if stored != partitions:
+            raise ClusterMismatch(
+                f"config key bridge.cluster.partitions is {partitions}, but the processes "
+                f"sharing this database use {stored}: set it to {stored} (to change it, stop "
+                "every process and delete bridge_state's cluster_partitions row)")
+        self.recovery.sweeping = False
+        self.pairing.invite_timer_max_wait = BALANCE_SECONDS
+        self.ownership = Ownership(
+            c["database.uri"], partitions, c.instance, gained=self._gained,
+            losing=self._losing, leading=self._leading, woken=self.dispatcher.kick,
+            # (self.ephemeral is made after this)
+            checked=lambda room_id: self.ephemeral.heard(room_id))
+        self.dispatcher.owns = self.ownership.owns
+        self.dispatcher.kick_elsewhere = lambda rooms: self.background.spawn(
+            notices.send(self.pool, rooms), "wake owners")
+
+    async def _gained(self, partitions: frozenset[int]) -> None:
+        if self.dispatching:  # (at start-up, kick_all_pending follows)
+            self.background.spawn(self._kick_pending_in(partitions), "take over rooms")
+
+    async def _kick_pending_in(self, partitions: frozenset[int]) -> None:
+        """The rooms of partitions just taken over that have events waiting (their NOTIFY
+        went to the previous owner). Retried while the database is away: nothing else
+        would wake those rooms."""
+        count, delay = self.ownership.partitions, 0.5
+        while True:
+            try:
+                rooms = await inbox.rooms_with_pending_in(self.pool, partitions, count)
+                break
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                log.warning("Looking for the events of partitions taken over failed (%s); "
+                            "retrying", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self.dispatcher.kick(rooms)
+
+    async def _losing(self, partitions: frozenset[int]) -> None:
+        count = self.ownership.partitions
+        self.dispatcher.wake()  # workers backing off look again, and see the room is gone
+        await self.dispatcher.release(lambda room_id: partition_of(room_id, count) in partitions)
+
+    async def _leading(self, leading: bool) -> None:
+        if leading:
+            # In the background: resuming may take a while (or fail and be logged) and must
+            # not hold up the sharing out of rooms. Another live process may be opening a
+            # conversation it matched a moment ago: resumption leaves those alone.
+            self._taking_lead = self.background.spawn(self._start_singletons(
+                resume_min_age=RESUME_MIN_AGE if self.ownership.live > 1 else 0.0),
+                "take the lead")
+        else:
+            if self._taking_lead is not None:
+                self._taking_lead.cancel()
+                await asyncio.gather(self._taking_lead, return_exceptions=True)
+                self._taking_lead = None
+            await self._stop_singletons()
 
     async def _after_ready(self, device_events: DeviceEvents | None) -> None:
         await self.recovery.ping()
@@ -255,9 +369,12 @@ class StrangerBridge:
             await self.appservice.runner.cleanup()
             self.appservice.runner = None
         await self._stop_metrics()
+        if self.ownership is not None:
+            # The others take our rooms at once (our in-flight events finish first).
+            await self.ownership.stop()
         if self.dispatcher:
             await self.dispatcher.stop()
-        for loop in self._loops:
+        for loop in self._loops + self._singletons:
             loop.cancel()
         await self.background.wait(timeout=10)
         if self.portal and self.portal.ghost_devices:

@@ -9,6 +9,7 @@ import mimetypes
 import os
 import re
 import secrets
+import socket
 import string
 from urllib.parse import urlparse
 
@@ -88,6 +89,7 @@ class Config(BaseFileConfig):
             *(f"bridge.rate_limits.{key}" for key in RATE_LIMIT_KEYS),
             "bridge.links.hold_messages", "bridge.links.hold_seconds",
             "bridge.privacy.forget_window",
+            "bridge.instance", "bridge.cluster.enabled", "bridge.cluster.partitions",
             "logging.level", "logging.format", "metrics.enabled", "metrics.listen",
         ):
             copy(key)
@@ -185,12 +187,32 @@ class Config(BaseFileConfig):
         _int(self, "bridge.media.max_pixels", 1, 500_000_000)
         self._validate_moderation()
         self._validate_encryption(starting)
+        self._validate_cluster()
         if self["logging.level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("logging.level", f"must be DEBUG, INFO, WARNING or ERROR, "
                                                f"got {self['logging.level']!r}")
         if self["logging.format"] not in ("text", "json"):
             raise ConfigError("logging.format", f"must be text or json, got {self['logging.format']!r}")
         self._validate_metrics()
+
+    def _validate_cluster(self) -> None:
+        instance = self["bridge.instance"]
+        if instance is None:
+            instance = self["bridge.instance"] = ""
+        if not isinstance(instance, str) or not re.fullmatch(r"[A-Za-z0-9_.:\-]{0,40}", instance):
+            raise ConfigError("bridge.instance", "must be empty or up to 40 letters, digits "
+                                                 f"and ._:- (e.g. bridge-2), got {instance!r}")
+        _bool(self, "bridge.cluster.enabled")
+        _int(self, "bridge.cluster.partitions", 1, 4096)
+        if self["bridge.cluster.enabled"] and self["bridge.encryption.allow"]:
+            raise ConfigError("bridge.cluster.enabled", "several processes cannot share "
+                              "encryption devices yet: set bridge.encryption.allow to false, "
+                              "or run one process (cluster.enabled: false)")
+
+    @property
+    def instance(self) -> str:
+        """This process's name in logs and metrics."""
+        return self["bridge.instance"] or f"{socket.gethostname()}-{os.getpid()}"
 
     def _validate_metrics(self) -> None:
         _bool(self, "metrics.enabled")

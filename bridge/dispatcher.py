@@ -56,34 +56,60 @@ class Dispatcher:
         self._workers: dict[str, asyncio.Task] = {}
         self._dirty: set[str] = set()
         self._stopping = False
+        # Several processes (bridge/cluster/): whether this process handles a room now, and
+        # how the owner of another is woken. None: one process handles every room.
+        self.owns: Callable[[str], bool] | None = None
+        self.kick_elsewhere: Callable[[list[str]], None] | None = None
 
     def kick(self, room_ids: set[str] | list[str]) -> None:
-        """There may be new events for these rooms: make sure each has a worker."""
+        """There may be new events for these rooms: make sure each has a worker (or, for a
+        room another process owns, that its owner is woken)."""
         if self._stopping:
             return
+        elsewhere = []
         for room_id in room_ids:
+            if self.owns is not None and not self.owns(room_id):
+                elsewhere.append(room_id)
+                continue
             self._dirty.add(room_id)
             if room_id not in self._workers:
                 task = asyncio.create_task(self._work(room_id), name=f"room {room_id}")
                 self._workers[room_id] = task
+        if elsewhere and self.kick_elsewhere is not None:
+            self.kick_elsewhere(elsewhere)
 
     async def kick_all_pending(self) -> None:
-        self.kick(await inbox.rooms_with_pending(self.pool))
+        rooms = await inbox.rooms_with_pending(self.pool)
+        if self.owns is not None:  # the others' rooms are theirs to look at
+            rooms = [room_id for room_id in rooms if self.owns(room_id)]
+        self.kick(rooms)
+
+    async def release(self, gone: Callable[[str], bool]) -> None:
+        """Rooms for which gone(room_id) holds are no longer ours (owns() says so already):
+        wait until none of their events is being handled here. A worker stops before its
+        next event, so the one under way finishes and is marked handled first."""
+        for room_id in [r for r in self._dirty if gone(r)]:
+            self._dirty.discard(room_id)
+        workers = [task for room_id, task in self._workers.items() if gone(room_id)]
+        if workers:
+            await asyncio.wait(workers)
 
     async def _work(self, room_id: str) -> None:
         try:
-            while room_id in self._dirty and not self._stopping:
+            while (room_id in self._dirty and not self._stopping
+                   and (self.owns is None or self.owns(room_id))):
                 self._dirty.discard(room_id)
                 await self._drain(room_id)
         finally:
             self._workers.pop(room_id, None)
             # A kick that landed after the last check gets a fresh worker.
-            if room_id in self._dirty and not self._stopping:
+            if (room_id in self._dirty and not self._stopping
+                    and (self.owns is None or self.owns(room_id))):
                 self.kick([room_id])
 
     async def _drain(self, room_id: str) -> None:
         delay = 0.5
-        while not self._stopping:
+        while not self._stopping and (self.owns is None or self.owns(room_id)):
             try:
                 batch = await inbox.pending(self.pool, room_id)
                 if not batch:
@@ -91,8 +117,8 @@ class Dispatcher:
                 handled_early: set[int] = set()
                 for item in batch:
                     seq, event = item
-                    if self._stopping:
-                        return
+                    if self._stopping or (self.owns is not None and not self.owns(room_id)):
+                        return  # (a room given to another process: it carries on from here)
                     if seq in handled_early:
                         continue
                     if self.precheck is not None:

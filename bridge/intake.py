@@ -82,6 +82,9 @@ class IntakeAppService(AppService):
         self.on_ephemeral: Callable[[list[dict]], None] | None = None
         kwargs.setdefault("aiohttp_params", {"client_max_size": MAX_TRANSACTION_BYTES})
         super().__init__(*args, **kwargs)
+        # mautrix sets it in start(), and stop() reads it: a start-up that failed earlier
+        # must still stop cleanly (and report its own error, not this one).
+        self.runner = None
 
     def _token_error(self, request: web.Request) -> web.Response | None:
         token = request.rel_url.query.get("access_token")

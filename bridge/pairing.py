@@ -70,6 +70,9 @@ class Pairing:
         # conversation, and whether its invite deadline has passed): True holds it back for
         # now. (Question mode: until the asker is in the watch room, or the deadline.)
         self.activation_gates: list[Callable[[Conversation, bool], Awaitable[bool]]] = []
+        # The invite timer's longest sleep: a match made by another process (several
+        # processes) does not wake it, so it looks again this often.
+        self.invite_timer_max_wait = 60.0
 
     @property
     def fallback_after(self) -> float:
@@ -229,14 +232,17 @@ class Pairing:
                     log.exception("Invite timer failed")
                 delay = 1.0
             try:
-                await asyncio.wait_for(self._deadline_changed.wait(),
-                                       timeout=60.0 if delay is None else delay + 0.05)
+                await asyncio.wait_for(self._deadline_changed.wait(), timeout=min(
+                    self.invite_timer_max_wait, 60.0 if delay is None else delay + 0.05))
             except asyncio.TimeoutError:
                 pass
 
-    async def resume(self) -> None:
-        """After a restart: finish opening and closing whatever a crash interrupted."""
-        for conversation_id in await conversations.unfinished(self.pool):
+    async def resume(self, min_age: float = 0.0) -> None:
+        """After a restart: finish opening and closing whatever a crash interrupted. With
+        min_age, conversations matched more recently are left alone (several processes:
+        another live one may be opening them right now; the invite timer ends what no one
+        finishes)."""
+        for conversation_id in await conversations.unfinished(self.pool, min_age):
             conv = await conversations.get(self.pool, conversation_id)
             if conv.state == "opening" and all(s.joined_at for s in conv.sides):
                 await self.activate(conversation_id)

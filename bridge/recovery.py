@@ -87,6 +87,8 @@ class Recovery:
         self._young_rooms: set[str] = set()
         self._settled = asyncio.Condition()
         self._checked_through = 0  # inbox seq up to which events came in during suspect time
+        # Whether this process retries failed cleanups (several processes: the leader only).
+        self.sweeping = True
         # The module's constants, per instance (tests shorten them).
         self.suspect_seconds = SUSPECT_SECONDS
         self.adopt_min_age_ms = ADOPT_MIN_AGE_MS
@@ -185,6 +187,8 @@ class Recovery:
                 rooms.append((room_id, owner, self.appservice.intent))
         if only is not None:
             rooms = [room for room in rooms if room[0] in only]
+        if self.dispatcher.owns is not None:  # several processes: each reads its own rooms
+            rooms = [room for room in rooms if self.dispatcher.owns(room[0])]
         limit = asyncio.Semaphore(4)
         young_rooms: set[str] = set()
 
@@ -365,6 +369,8 @@ class Recovery:
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
+            if not self.sweeping:
+                continue
             try:
                 await self.sweep()
             except Exception as e:

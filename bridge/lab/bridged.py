@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ import asyncpg
 from ruamel.yaml import YAML
 
 from bridge.lab.bridge_process import BridgeProcess, generate_registration, write_config
+from bridge.lab.bridge_proxy import bridge_haproxy
 from bridge.lab.client import LabClient, Seen
 from bridge.lab.synapse import Lab, free_port
+from bridge.lab.synapse_routes import Haproxy
 from bridge.lab.synapse_workers import WorkerHomeserver, WorkerLayout, layout_from_env
 
 BOT_LOCALPART = "strangerbot"
@@ -28,6 +31,34 @@ class BridgedLab:
     bridge: BridgeProcess
     database_uri: str
     clients: list[LabClient] = field(default_factory=list)
+    # Cluster mode (start_bridged_lab(processes=N > 1)): every process, `bridge` the first,
+    # behind `proxy` (HAProxy, the registration's URL).
+    bridges: list[BridgeProcess] = field(default_factory=list)
+    proxy: Haproxy | None = None
+
+    def __post_init__(self) -> None:
+        if not self.bridges:
+            self.bridges = [self.bridge]
+
+    # -- cluster mode: process i of self.bridges ------------------------------------------
+
+    async def kill(self, i: int) -> None:
+        """SIGKILL process i (as a crash: no goodbye to the others, its sessions just end)."""
+        await self.bridges[i].stop(signal.SIGKILL)
+
+    async def stop_process(self, i: int) -> int | None:
+        """SIGTERM process i: a graceful stop (it hands its rooms over)."""
+        return await self.bridges[i].stop(signal.SIGTERM)
+
+    async def start_process(self, i: int) -> None:
+        """(Re)start process i; returns once it answers ready."""
+        await self.bridges[i].start()
+
+    def log_of(self, i: int) -> str:
+        return self.bridges[i].log_path.read_text(errors="replace")
+
+    def instance_of(self, i: int) -> str:
+        return f"bridge-{i + 1}"
 
     @property
     def bot_id(self) -> str:
@@ -151,7 +182,9 @@ class BridgedLab:
         """Stop everything this lab started and drop its database (through `admin_dsn`;
         None when the whole server goes, as in the fault tests)."""
         await self.close_clients()
-        await self.bridge.stop()
+        await asyncio.gather(*(bridge.stop() for bridge in self.bridges))
+        if self.proxy is not None:
+            await self.proxy.stop()
         await self.lab.stop()
         if admin_dsn is None:
             return
@@ -176,6 +209,7 @@ async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str, *,
                             extra_registrations: list[Path] = (),
                             homeserver_via: Callable[[str], str] | None = None,
                             workers: WorkerLayout | None | bool = True,
+                            processes: int = 1,
                             **config_overrides) -> BridgedLab:
     """`homeserver_config`: top-level homeserver.yaml keys for both homeservers (e.g. TURN);
     `extra_registrations`: other appservices on the first homeserver (a bench's own);
@@ -184,6 +218,10 @@ async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str, *,
     `workers`: the first homeserver split into Synapse workers (on PostgreSQL, through
     `admin_dsn`'s server) with this layout; True (the default) follows STRANGER_LAB_WORKERS,
     None or False keeps it one process on SQLite;
+    `processes`: more than 1 runs that many bridge processes in cluster mode (plain rooms
+    only: encryption off), instances bridge-1, bridge-2, ..., each on its own port and log
+    (bridge-N.log), behind HAProxy (bridge/lab/bridge_proxy.py, contrib/haproxy.cfg) whose
+    port is the registration's URL;
     `config_overrides`: the bridge's config, by dotted key."""
     layout = layout_from_env() if workers is True else (workers or None)
     admin = await asyncpg.connect(admin_dsn)
@@ -205,20 +243,45 @@ async def start_bridged_lab(root: Path, admin_dsn: str, database_name: str, *,
     port = free_port()
     config = root / "bridge-config.yaml"
     homeserver_url = hs1.client_url if homeserver_via is None else homeserver_via(hs1.client_url)
+    overrides = {"appservice.bot_username": BOT_LOCALPART, "logging.level": "DEBUG",
+                 **config_overrides}
+    proxy = None
+    if processes > 1:
+        proxy_port = free_port()
+        overrides = {**overrides, "appservice.address": f"http://127.0.0.1:{proxy_port}",
+                     "bridge.cluster.enabled": True, "bridge.encryption.allow": False,
+                     "bridge.instance": "bridge-1"}
     write_config(config, homeserver_url=homeserver_url, domain=hs1.server_name, port=port,
-                 database_uri=database_uri, **{"appservice.bot_username": BOT_LOCALPART,
-                                                "logging.level": "DEBUG", **config_overrides})
+                 database_uri=database_uri, **overrides)
     await generate_registration(config, registration)
-    bridge = BridgeProcess(config, port, root / "bridge.log")
+    bridges = [BridgeProcess(config, port, root / "bridge.log")]
+    if processes > 1:
+        bridges = [BridgeProcess(config, port, root / "bridge-1.log")]
+        yaml = YAML()
+        first = yaml.load(config.read_text())  # with the tokens -g wrote
+        for i in range(1, processes):
+            other_port = free_port()
+            first["appservice"]["port"] = other_port
+            first["bridge"]["instance"] = f"bridge-{i + 1}"
+            other = root / f"bridge-config-{i + 1}.yaml"
+            with other.open("w") as f:
+                yaml.dump(first, f)
+            bridges.append(BridgeProcess(other, other_port, root / f"bridge-{i + 1}.log"))
+        proxy = bridge_haproxy(root / "proxy", proxy_port, [b.port for b in bridges])
     try:
         await lab.start()
-        await bridge.start()
+        if proxy is not None:
+            await proxy.start()
+        # One after the other: the first migrates the database.
+        await bridges[0].start()
+        await asyncio.gather(*(bridge.start() for bridge in bridges[1:]))
     except BaseException:
-        await bridge.stop()
+        await asyncio.gather(*(bridge.stop() for bridge in bridges))
+        if proxy is not None:
+            await proxy.stop()
         await lab.stop()
         for hs in lab.homeservers:  # (a Synapse split into workers has a database of its own)
             if isinstance(hs, WorkerHomeserver):
                 await hs.drop_database()
         raise
-    return BridgedLab(lab, bridge, database_uri)
-
+    return BridgedLab(lab, bridges[0], database_uri, bridges=bridges, proxy=proxy)

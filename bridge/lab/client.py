@@ -21,7 +21,8 @@ import copy
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import aiohttp
@@ -52,6 +53,7 @@ class Seen:
     event: Any = None
     decrypted: dict[str, Any] | None = None  # nio's decryption of an m.room.encrypted event
     decrypted_later: bool = False  # keys came late: a decrypted copy was logged after it
+    at: float = field(default_factory=time.monotonic)  # when this client logged it
 
     type = property(lambda self: (self.decrypted or self.source).get("type"))
     raw_type = property(lambda self: self.source.get("type"))

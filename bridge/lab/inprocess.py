@@ -42,7 +42,8 @@ class InProcessBridge:
         deadline = loop.time() + timeout
         while True:
             await self.hs.settled(max(0.1, deadline - loop.time()))
-            busy = [t for t in self.bridge.background._tasks if t not in self.bridge._loops]
+            busy = [t for t in self.bridge.background._tasks
+                    if t not in self.bridge.long_running]
             busy += list(self.bridge.dispatcher._workers.values())
             if not busy:
                 if self.hs._outbox or self.hs._delivering:

@@ -121,10 +121,10 @@ def haproxy_config(port: int, main_port: int, worker_port: int) -> str:
 
 @dataclass
 class Haproxy:
+    """An HAProxy process with a configuration of its own (this module's routes, or the
+    bridge processes' round robin: bridge/lab/bridge_proxy.py)."""
     directory: Path
-    port: int
-    main_port: int
-    worker_port: int
+    config: str
     _process: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
     @property
@@ -139,10 +139,11 @@ class Haproxy:
         binary = shutil.which("haproxy") or (
             "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
         if binary is None:
-            raise LabError("haproxy is not installed: a Synapse with workers is routed through "
-                           "it (apt-get install haproxy; ./dev test does it)")
+            raise LabError("haproxy is not installed: a Synapse with workers and several bridge "
+                           "processes are reached through it (apt-get install haproxy; ./dev "
+                           "test does it)")
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(haproxy_config(self.port, self.main_port, self.worker_port))
+        self.config_path.write_text(self.config)
         with self.log_path.open("ab") as log:
             # -db: foreground, no daemon; its exit is ours to see.
             self._process = await asyncio.create_subprocess_exec(

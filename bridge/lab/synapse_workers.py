@@ -32,7 +32,7 @@ import yaml
 
 from .redis_server import RedisServer
 from .synapse import Homeserver, LabError, die_with_parent, free_port, terminate
-from .synapse_routes import Haproxy
+from .synapse_routes import Haproxy, haproxy_config
 
 GENERIC_WORKER = "synapse.app.generic_worker"
 
@@ -193,8 +193,8 @@ class WorkerHomeserver(Homeserver):
                 self._wait_ready(f"http://127.0.0.1:{self.ports[name]}/health",
                                  self._workers[name], f"worker {name}")
                 for name in self.layout.worker_names))
-            self.proxy = Haproxy(self.directory / "proxy", self.client_port,
-                                 self.main_client_port, self.worker_client_port)
+            self.proxy = Haproxy(self.directory / "proxy", haproxy_config(
+                self.client_port, self.main_client_port, self.worker_client_port))
             await self.proxy.start()
             await self._wait_ready()  # through the proxy, answered by the generic worker
         except BaseException as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -25,6 +25,16 @@ PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 
 _PREFIX = "stranger_bridge_"
+
+# Several processes (bridge/cluster/); 0 when the bridge runs as one.
+CLUSTER_PARTITIONS = Gauge(_PREFIX + "cluster_partitions_owned",
+                           "Partitions of the rooms this process handles.", registry=REGISTRY)
+CLUSTER_LEADER = Gauge(_PREFIX + "cluster_leader",
+                       "1 while this process leads (runs the timers and pruning).",
+                       registry=REGISTRY)
+CLUSTER_PROCESSES = Gauge(_PREFIX + "cluster_processes",
+                          "Bridge processes alive, as this one last counted them.",
+                          registry=REGISTRY)
 
 MATCHES = Counter(_PREFIX + "matches", "Conversations made: two users paired.",
                   registry=REGISTRY)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from typing import Callable
 
 import asyncpg
 from mautrix.api import Method, Path
@@ -60,6 +61,9 @@ class EphemeralRelay:
         self._pending: deque[list[dict]] = deque()
         self._worker: asyncio.Task | None = None  # runs while there is something pending
         self._check: tuple[str, asyncio.Future] | None = None  # (room, typing seen there)
+        # Several processes (bridge/cluster/): the bot's typing may come back in a transaction
+        # another process got; it tells them all (elsewhere), each hears it (heard).
+        self.elsewhere: Callable[[str], None] | None = None
 
     def handle(self, events: list[dict]) -> None:
         """Take a transaction's ephemeral events (called before it is answered)."""
@@ -89,9 +93,14 @@ class EphemeralRelay:
 
     async def _one(self, event: dict) -> None:
         kind, room_id, content = event.get("type"), event["room_id"], event["content"]
+        if kind == "m.typing" and typing_now(content, self.portal.appservice.intent.mxid):
+            # Only the bot's delivery check makes the bot type.
+            if self._check and self._check[0] == room_id:
+                self.heard(room_id)
+                return
+            if self.elsewhere is not None:  # (maybe another process's check)
+                self.elsewhere(room_id)
         if kind == "m.typing" and self._check and self._check[0] == room_id:
-            if typing_now(content, self.portal.appservice.intent.mxid) and not self._check[1].done():
-                self._check[1].set_result(None)
             return
         if kind not in ("m.typing", "m.receipt"):
             return
@@ -115,6 +124,11 @@ class EphemeralRelay:
                 await ghost.api.request(
                     Method.POST, Path.v3.rooms[partner.room_id].receipt["m.read"][original],
                     content={})
+
+    def heard(self, room_id: str) -> None:
+        """The bot's typing in `room_id` reached the bridge (this process or another)."""
+        if self._check and self._check[0] == room_id and not self._check[1].done():
+            self._check[1].set_result(None)
 
     async def check_delivery(self, timeout: float = DELIVERY_CHECK_TIMEOUT) -> bool:
         """Type in the bot's own self-check room and wait for that to come back in a

@@ -223,15 +223,17 @@ async def seconds_to_next_deadline(db) -> float | None:
            FROM conversations WHERE state = 'opening'""")
 
 
-async def unfinished(db) -> list[int]:
+async def unfinished(db, min_age: float = 0.0) -> list[int]:
     """Conversations whose rooms may be half-made or whose ended rooms are not cleaned up:
-    what start-up must carry on with after a crash."""
+    what start-up must carry on with after a crash (opening ones matched at least min_age
+    seconds ago)."""
     rows = await db.fetch(
         """SELECT DISTINCT c.id FROM conversations c JOIN conversation_sides s
              ON s.conversation_id = c.id
-           WHERE (c.state = 'opening' AND (s.room_id IS NULL OR s.joined_at IS NOT NULL))
+           WHERE (c.state = 'opening' AND (s.room_id IS NULL OR s.joined_at IS NOT NULL)
+                  AND c.created_at <= now() - make_interval(secs => $1))
               OR (NOT s.live AND s.closed_at IS NULL)
-           ORDER BY c.id""")
+           ORDER BY c.id""", min_age)
     return [r["id"] for r in rows]
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from bridge.cluster.partitions import partition_sql
+
 
 async def record(conn, events: list[dict]) -> None:
     """Store events durably; an event seen before (a retried transaction) is ignored."""
@@ -40,6 +42,16 @@ async def mark_handled(db, seq: int) -> None:
 async def rooms_with_pending(db) -> list[str]:
     rows = await db.fetch(
         "SELECT room_id FROM inbox WHERE handled_at IS NULL GROUP BY room_id ORDER BY min(seq)")
+    return [row["room_id"] for row in rows]
+
+
+async def rooms_with_pending_in(db, partitions: frozenset[int], count: int) -> list[str]:
+    """Rooms of these partitions (of `count`, bridge/cluster/partitions.py) with events
+    waiting: what a process that just took the partitions over must look at."""
+    rows = await db.fetch(
+        f"""SELECT room_id FROM inbox WHERE handled_at IS NULL
+            AND {partition_sql("room_id", count)} = ANY($1::int[])
+            GROUP BY room_id ORDER BY min(seq)""", sorted(partitions))
     return [row["room_id"] for row in rows]
 
 

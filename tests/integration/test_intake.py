@@ -314,3 +314,14 @@ async def test_a_bug_in_device_events_does_not_block_the_room_events(pool, recor
     finally:
         await client.close()
     assert await stored(pool) == ["$1"]
+
+
+async def test_an_appservice_never_started_stops_cleanly(pool, recorder):
+    """A start-up that failed before the listener started stops without a second error
+    hiding the first (mautrix's stop() reads the runner start() would have made)."""
+    appservice = IntakeAppService(
+        server="http://127.0.0.1:1", domain="example.org", as_token="as-token-" + "a" * 32,
+        hs_token=HS_TOKEN, bot_localpart="strangerbot", id="strangerbridge",
+        state_store=TrimmedStateStore(), pool=pool, on_recorded=recorder)
+    await appservice.stop()
+    assert appservice.runner is None

@@ -96,3 +96,18 @@ async def test_typing_again_when_the_first_is_dropped(monkeypatch):
     bot.set_typing = drop_the_first
     assert await asyncio.wait_for(relay.check_delivery(timeout=5), 10) is True
     assert [t for _, t in bot.typing if t] == [5000, 5000]
+
+
+async def test_several_processes_the_typing_may_come_back_to_another(caplog):
+    """Cluster mode: HAProxy gives the transaction with the bot's typing to any process. The
+    one that gets it tells the others (in the bridge: a NOTIFY, bridge/cluster/notices.py),
+    and the checking process hears it. Unwired, the check fails as it did at first."""
+    checking, bot = relay_with(echo=True)
+    other, _ = relay_with(echo=False)
+    bot.relay = other  # the transaction goes to the other process
+    other.elsewhere = checking.heard
+    assert await asyncio.wait_for(checking.check_delivery(timeout=5), 10) is True
+
+    other.elsewhere = None
+    with caplog.at_level(logging.ERROR, logger="bridge.relay.ephemeral"):
+        assert await asyncio.wait_for(checking.check_delivery(timeout=0.3), 10) is False
