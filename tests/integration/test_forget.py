@@ -191,6 +191,24 @@ async def test_without_confirmation_nothing_changes(world):
     assert await holders(pool, ann.user_id) == before
 
 
+async def test_a_forgotten_user_who_comes_back_starts_afresh(world):
+    """They invite the bot to a new DM: greeted as a newcomer, asked to agree again, then
+    answered there as anyone else."""
+    ann = world.user("ann")
+    await ann.ready()
+    old_dm = ann.dm
+    await ann.command("!forget", "within 5 minutes")
+    await ann.command("!forget confirm", "I have forgotten you")
+    await world.quiesce()
+    await ann.open_dm()
+    assert ann.dm != old_dm
+    await ann.command("!start", "agree")  # not agreed any more
+    await ann.command("!agree", "Thanks")
+    await ann.command("!status", "You are not chatting or waiting")
+    row = await users.get(world.bridge.pool, ann.user_id)
+    assert row.dm_room_id == ann.dm
+
+
 async def test_a_running_cooldown_is_not_lifted_by_forgetting(world):
     ann = world.user("ann")
     await ann.ready()
