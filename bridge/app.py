@@ -198,7 +198,14 @@ class StrangerBridge:
         # What a crash left unsaid of a reveal (a decided one is delivered even if the chat
         # ended meanwhile: in the DM once the room is closed).
         self.background.spawn(self.reveal.deliver(), "reveal notices")
-        await self.pairing.resume(resume_min_age)
+        try:
+            await self.pairing.resume(resume_min_age)
+        except Exception:
+            if self.ownership is None:
+                raise  # one process: a failed start-up is restarted (systemd) and resumes
+            # A leader must run its timers whatever: the invite timer ends what was left
+            # opening, the cleanup sweep closes what was left ended.
+            log.exception("Resuming unfinished conversations failed; the timers start anyway")
         # (Question mode's unfinished work is resumed by its timer's first run, at once.)
         # Rules (or the server lists) may have changed while the bridge was down.
         self.background.spawn(self.handler.enforcer.enforce_all(), "enforce restrictions")
