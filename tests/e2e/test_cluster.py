@@ -101,9 +101,9 @@ async def test_kill_each_process_in_turn_while_pairs_chat(cluster, db):
     print("\n" + report.summary())
     assert (report.lost, report.duplicated, report.reordered) == (0, 0, 0)
     assert report.unhandled_left == 0
+    # Each kill was taken over (the drill waits for every partition to be owned again); how
+    # fast is a figure, printed above and measured by bench/cluster.py, not asserted here.
     assert [t.process for t in report.takeovers] == sorted(NAMES)
-    # PostgreSQL frees a killed session's locks at once; the others balance within a second.
-    assert max(t.partitions_s for t in report.takeovers) < 5
     await cluster.close_clients()
 
 
@@ -118,6 +118,6 @@ async def test_a_graceful_stop_mid_chat_hands_rooms_over(cluster, db):
     assert (report.lost, report.duplicated, report.reordered) == (0, 0, 0)
     assert report.unhandled_left == 0
     assert report.bridge_errors == []
-    # Handed over, not waited out: the stopping process unlocks and says so at once.
-    assert report.takeovers[0].partitions_s < 3
+    # (That it hands over at once rather than when its session ends is
+    # tests/integration/test_cluster.py's; the time is printed above.)
     await cluster.close_clients()
