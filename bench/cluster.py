@@ -42,7 +42,8 @@ import asyncpg  # noqa: E402
 
 from bridge.lab.bridge_process import NO_RATE_LIMITS  # noqa: E402
 from bridge.lab.bridged import start_bridged_lab  # noqa: E402
-from bridge.lab.cluster import make_pairs, process_drill, wait_owned  # noqa: E402
+from bridge.lab.cluster import wait_owned  # noqa: E402
+from bridge.lab.cluster_drill import make_pairs, process_drill  # noqa: E402
 from bridge.lab.faults import relayed_bodies, wait_for_body  # noqa: E402
 from bridge.lab.figures import summary  # noqa: E402
 from bridge.lab.inprocess import existing_keys  # noqa: E402

@@ -15,7 +15,9 @@ import pytest_asyncio
 from bridge.lab.bridge_process import NO_RATE_LIMITS
 from bridge.lab.bridge_proxy import server_requests
 from bridge.lab.bridged import start_bridged_lab
-from bridge.lab.cluster import crowd_run, make_pairs, owners, process_drill, wait_owned
+from bridge.lab.cluster import owners, wait_owned
+from bridge.lab.cluster_crowd import crowd_run
+from bridge.lab.cluster_drill import make_pairs, process_drill
 from bridge.lab.inprocess import existing_keys
 from bridge.lab.load import ready_users
 from tests.conftest import ADMIN_DSN
