@@ -10,12 +10,14 @@ from mautrix.errors import MatrixError
 from bridge import bot_profile
 from bridge.background import Background
 from bridge.cluster import notices
+from bridge.cluster.device_locks import DeviceLocks
 from bridge.cluster.ownership import BALANCE_SECONDS, Ownership
 from bridge.cluster.partitions import partition_of
 from bridge.commands import Commands
 from bridge.config import Config
 from bridge.database import open_database
 from bridge.dispatcher import Dispatcher, is_transient
+from bridge.encryption import device_inbox
 from bridge.encryption.crypto import Crypto
 from bridge.encryption.crypto_store import crypto_database, prune_expired_keys
 from bridge.encryption.device_events import DeviceEvents
@@ -74,6 +76,7 @@ class StrangerBridge:
         self.metrics: MetricsServer | None = None
         # Several processes: which rooms are ours, and whether we lead (run the timers).
         self.ownership: Ownership | None = None
+        self.device_locks: DeviceLocks | None = None
         self._singletons: list[asyncio.Task] = []
         self._taking_lead: asyncio.Task | None = None
 
@@ -89,8 +92,8 @@ class StrangerBridge:
             hs_token=c["appservice.hs_token"], bot_localpart=c["appservice.bot_username"],
             id=c["appservice.id"], state_store=self.state_store, log="bridge.appservice",
             # Until start-up is complete (crypto ready), events wait in the inbox.
-            pool=self.pool, on_recorded=lambda rooms: self.dispatcher.kick(rooms)
-            if self.dispatching else None,
+            pool=self.pool, on_recorded=lambda rooms, partitions: self.dispatcher.kick(
+                rooms, partitions) if self.dispatching else None,
             default_http_retry_count=4)
         count_errors()
         # Beside mautrix's /_matrix/mau/live and /ready, on the same listener.
@@ -144,6 +147,20 @@ class StrangerBridge:
             # Transactions may bring room keys before encryption has started: they wait.
             device_events = DeviceEvents()
             self.appservice.on_device_events = device_events.handle
+        if c["bridge.encryption.allow"] and self.ownership is not None:
+            # Each device is used by one process at a time (bridge/cluster/device_locks.py).
+            self.device_locks = DeviceLocks(
+                c["database.uri"], c.instance,
+                release_requested=lambda name: self.portal.ghost_devices.release_requested(
+                    name) if self.portal.ghost_devices else None,
+                lost=lambda: self.portal.ghost_devices.lost() if self.portal.ghost_devices
+                else None,
+                stored=device_events.stored if device_events is not None else None)
+            await self.device_locks.start()
+            if device_events is not None:  # messages for devices held elsewhere wait for them
+                device_events.pool, device_events.background = self.pool, self.background
+                device_events.wake_holder = lambda name: self.device_locks.notify_stored(
+                    self.pool, name)
 
         await self.appservice.start(host=c["appservice.hostname"], port=c["appservice.port"])
         if c["metrics.enabled"]:
@@ -159,10 +176,16 @@ class StrangerBridge:
             await self.crypto.start()
             handler.crypto = self.portal.bot_crypto = self.crypto
             self.forgetting.crypto_db = self.crypto_db
-            self.portal.ghost_devices = GhostDevices(self.appservice, c, self.state_store,
-                                                     self.pool, self.crypto_db)
+            self.portal.ghost_devices = GhostDevices(
+                self.appservice, c, self.state_store, self.pool, self.crypto_db,
+                locks=self.device_locks, background=self.background)
             if device_events is not None:
                 device_events.start(self.crypto, self.portal.ghost_devices)
+                if self.device_locks is not None:
+                    self.portal.ghost_devices.on_taken = lambda ghost_id, device: (
+                        device_events.take_stored(ghost_id, device))
+                    # What came for our bot device while we were away.
+                    await device_events.take_stored(c.bot_mxid, self.crypto)
         # Policy rooms joined and read before any event is handled: a rule must hold from the
         # first !start on.
         handler.policy = PolicyLists(self.appservice.intent, self.pool, c)
@@ -246,9 +269,19 @@ class StrangerBridge:
             losing=self._losing, leading=self._leading, woken=self.dispatcher.kick,
             # (self.ephemeral is made after this)
             checked=lambda room_id: self.ephemeral.heard(room_id))
-        self.dispatcher.owns = self.ownership.owns
+        self.dispatcher.partitions = self.appservice.partitions = partitions
+        self.dispatcher.owns_partition = self.ownership.owns_partition
         self.dispatcher.kick_elsewhere = lambda rooms: self.background.spawn(
             notices.send(self.pool, rooms), "wake owners")
+        self.portal.choose_partition = self._choose_partition
+
+    def _choose_partition(self, conversation_id: int) -> int:
+        """For a new conversation's rooms: one of ours (we made its ghosts' devices), spread
+        over them; any, the hash of its ID, if we own none at this moment."""
+        owned = sorted(self.ownership.owned)
+        if not owned:
+            return partition_of(str(conversation_id), self.ownership.partitions)
+        return owned[conversation_id % len(owned)]
 
     async def _gained(self, partitions: frozenset[int]) -> None:
         if self.dispatching:  # (at start-up, kick_all_pending follows)
@@ -273,9 +306,8 @@ class StrangerBridge:
         self.dispatcher.kick(rooms)
 
     async def _losing(self, partitions: frozenset[int]) -> None:
-        count = self.ownership.partitions
         self.dispatcher.wake()  # workers backing off look again, and see the room is gone
-        await self.dispatcher.release(lambda room_id: partition_of(room_id, count) in partitions)
+        await self.dispatcher.release(partitions)
 
     async def _leading(self, leading: bool) -> None:
         if leading:
@@ -350,6 +382,8 @@ class StrangerBridge:
         while True:
             try:
                 await inbox.prune(self.pool, INBOX_RETENTION_SECONDS)
+                if self.device_locks is not None:
+                    await device_inbox.prune(self.pool, INBOX_RETENTION_SECONDS)
                 if self.crypto is not None:
                     await prune_expired_keys(self.crypto.store)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
@@ -389,6 +423,8 @@ class StrangerBridge:
         if self.crypto:
             await self.crypto.stop()
             await self.crypto_db.stop()
+        if self.device_locks is not None:  # (the devices are stopped: let the others take them)
+            await self.device_locks.stop()
         if self.appservice:
             await self.appservice.stop()
         if self.health:

@@ -204,10 +204,12 @@ class Config(BaseFileConfig):
                                                  f"and ._:- (e.g. bridge-2), got {instance!r}")
         _bool(self, "bridge.cluster.enabled")
         _int(self, "bridge.cluster.partitions", 1, 4096)
-        if self["bridge.cluster.enabled"] and self["bridge.encryption.allow"]:
-            raise ConfigError("bridge.cluster.enabled", "several processes cannot share "
-                              "encryption devices yet: set bridge.encryption.allow to false, "
-                              "or run one process (cluster.enabled: false)")
+        if self["bridge.cluster.enabled"] and self["bridge.encryption.allow"] and not instance:
+            raise ConfigError("bridge.instance", "must be set when bridge.cluster.enabled and "
+                              "bridge.encryption.allow are both true: each process has a bot "
+                              "encryption device of its own, kept under this name, so it must "
+                              "stay the same across restarts and differ between processes "
+                              "(e.g. bridge-1, bridge-2)")
 
     @property
     def instance(self) -> str:

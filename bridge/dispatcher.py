@@ -15,7 +15,7 @@ import asyncpg
 from mautrix.errors import MatrixConnectionError, MatrixRequestError
 
 from bridge.metrics import definitions as metrics
-from bridge.store import inbox
+from bridge.store import inbox, room_partitions
 
 log = logging.getLogger("bridge.dispatcher")
 
@@ -56,20 +56,29 @@ class Dispatcher:
         self._workers: dict[str, asyncio.Task] = {}
         self._dirty: set[str] = set()
         self._stopping = False
-        # Several processes (bridge/cluster/): whether this process handles a room now, and
-        # how the owner of another is woken. None: one process handles every room.
-        self.owns: Callable[[str], bool] | None = None
-        self.kick_elsewhere: Callable[[list[str]], None] | None = None
+        # Several processes (bridge/cluster/): the number of partitions, whether this process
+        # owns one now, and how the owner of another is woken ({room: partition}). Each
+        # event is handled in the partition recorded with it (inbox.partition), by the
+        # partition's owner, after the room's earlier events. None: one process does all.
+        self.partitions: int | None = None
+        self.owns_partition: Callable[[int], bool] | None = None
+        self.kick_elsewhere: Callable[[dict[str, int]], None] | None = None
+        self._handling: dict[str, int | None] = {}  # room -> partition of the event under way
+        self._handled = asyncio.Condition()
 
-    def kick(self, room_ids: set[str] | list[str]) -> None:
+    def kick(self, room_ids: set[str] | list[str],
+             partitions: dict[str, int] | None = None) -> None:
         """There may be new events for these rooms: make sure each has a worker (or, for a
-        room another process owns, that its owner is woken)."""
+        room whose events are known to be another process's (`partitions`), that its
+        owner is woken). A worker of a room that is not ours wakes its owner."""
         if self._stopping:
             return
-        elsewhere = []
+        elsewhere = {}
         for room_id in room_ids:
-            if self.owns is not None and not self.owns(room_id):
-                elsewhere.append(room_id)
+            partition = (partitions or {}).get(room_id)
+            if (partition is not None and self.owns_partition is not None
+                    and not self.owns_partition(partition) and room_id not in self._workers):
+                elsewhere[room_id] = partition
                 continue
             self._dirty.add(room_id)
             if room_id not in self._workers:
@@ -79,58 +88,87 @@ class Dispatcher:
             self.kick_elsewhere(elsewhere)
 
     async def kick_all_pending(self) -> None:
-        rooms = await inbox.rooms_with_pending(self.pool)
-        if self.owns is not None:  # the others' rooms are theirs to look at
-            rooms = [room_id for room_id in rooms if self.owns(room_id)]
-        self.kick(rooms)
+        if self.partitions is None:
+            self.kick(await inbox.rooms_with_pending(self.pool))
+            return
+        # The others' rooms are theirs to look at.
+        waiting = await inbox.next_partitions(self.pool, self.partitions)
+        self.kick([room_id for room_id, partition in waiting.items()
+                   if self.owns_partition(partition)])
 
-    async def release(self, gone: Callable[[str], bool]) -> None:
-        """Rooms for which gone(room_id) holds are no longer ours (owns() says so already):
-        wait until none of their events is being handled here. A worker stops before its
-        next event, so the one under way finishes and is marked handled first."""
-        for room_id in [r for r in self._dirty if gone(r)]:
-            self._dirty.discard(room_id)
-        workers = [task for room_id, task in self._workers.items() if gone(room_id)]
-        if workers:
-            await asyncio.wait(workers)
+    async def owned(self, room_ids: list[str]) -> list[str]:
+        """Those of these rooms whose next events this process handles (all, with one)."""
+        if self.partitions is None:
+            return list(room_ids)
+        now = await room_partitions.of_rooms(self.pool, room_ids, self.partitions)
+        return [room_id for room_id in room_ids if self.owns_partition(now[room_id])]
+
+    async def release(self, partitions: frozenset[int]) -> None:
+        """These partitions are no longer ours (owns_partition() says so already): wait
+        until none of their events is being handled here. A worker checks before each
+        event, so the one under way finishes and is marked handled first."""
+        async with self._handled:
+            await self._handled.wait_for(
+                lambda: not any(p in partitions for p in self._handling.values()))
+
+    async def _done_handling(self, room_id: str) -> None:
+        self._handling.pop(room_id, None)
+        async with self._handled:
+            self._handled.notify_all()
 
     async def _work(self, room_id: str) -> None:
         try:
-            while (room_id in self._dirty and not self._stopping
-                   and (self.owns is None or self.owns(room_id))):
+            while room_id in self._dirty and not self._stopping:
                 self._dirty.discard(room_id)
                 await self._drain(room_id)
         finally:
             self._workers.pop(room_id, None)
             # A kick that landed after the last check gets a fresh worker.
-            if (room_id in self._dirty and not self._stopping
-                    and (self.owns is None or self.owns(room_id))):
+            if room_id in self._dirty and not self._stopping:
                 self.kick([room_id])
+
+    def _ours(self, room_id: str, partition: int | None) -> bool:
+        """Whether this process handles an event of `partition` now; if not, its owner is
+        woken (it carries on from here)."""
+        if self.owns_partition is None or partition is None:
+            return True
+        if self.owns_partition(partition):
+            return True
+        if self.kick_elsewhere is not None:
+            self.kick_elsewhere({room_id: partition})
+        return False
 
     async def _drain(self, room_id: str) -> None:
         delay = 0.5
-        while not self._stopping and (self.owns is None or self.owns(room_id)):
+        while not self._stopping:
             try:
-                batch = await inbox.pending(self.pool, room_id)
+                batch = await inbox.pending(self.pool, room_id, count=self.partitions)
                 if not batch:
                     return
                 handled_early: set[int] = set()
                 for item in batch:
                     seq, event = item
-                    if self._stopping or (self.owns is not None and not self.owns(room_id)):
-                        return  # (a room given to another process: it carries on from here)
+                    if self._stopping:
+                        return
                     if seq in handled_early:
                         continue
-                    if self.precheck is not None:
-                        for early_seq, early in await self.precheck(seq, event):
-                            if await self._handle_one(early) is Outcome.WAIT:
-                                return
-                            await inbox.mark_handled(self.pool, early_seq)
-                            handled_early.add(early_seq)
-                    outcome = await self._handle_one(event, getattr(item, "received_at", None))
-                    if outcome is Outcome.WAIT:
+                    # No await between the check and the mark: release() sees it.
+                    if not self._ours(room_id, item.partition):
                         return
-                    await inbox.mark_handled(self.pool, seq)
+                    self._handling[room_id] = item.partition
+                    try:
+                        if self.precheck is not None:
+                            for early_seq, early in await self.precheck(seq, event):
+                                if await self._handle_one(early) is Outcome.WAIT:
+                                    return
+                                await inbox.mark_handled(self.pool, early_seq)
+                                handled_early.add(early_seq)
+                        outcome = await self._handle_one(event, item.received_at)
+                        if outcome is Outcome.WAIT:
+                            return
+                        await inbox.mark_handled(self.pool, seq)
+                    finally:
+                        await self._done_handling(room_id)
                 delay = 0.5
             except Exception as e:
                 if not is_transient(e):

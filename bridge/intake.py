@@ -19,7 +19,7 @@ from mautrix.appservice import AppService
 
 from bridge.dispatcher import is_transient
 from bridge.metrics import definitions as metrics
-from bridge.store import inbox
+from bridge.store import inbox, room_partitions
 
 log = logging.getLogger("bridge.intake")
 
@@ -68,9 +68,15 @@ class IntakeAppService(AppService):
     """mautrix's AppService with a transaction endpoint that acknowledges only durable events."""
 
     def __init__(self, *args, pool: asyncpg.Pool,
-                 on_recorded: Callable[[set[str]], Awaitable[None] | None], **kwargs) -> None:
+                 on_recorded: Callable[[set[str], dict[str, int] | None],
+                                       Awaitable[None] | None], **kwargs) -> None:
         self.pool = pool
+        # Told the rooms recorded and (several processes) the partition their new events
+        # were recorded in.
         self.on_recorded = on_recorded
+        # Several processes (bridge/cluster/): the number of partitions; each event is
+        # recorded with its room's (room_partitions), so it is handled where it belongs.
+        self.partitions: int | None = None
         # Told of every transaction: its well-formed events, whether they were recorded
         # (False: answered 503), and how many of them the inbox had already (a re-sent
         # transaction). Recovery watches the homeserver's deliveries with it.
@@ -138,7 +144,7 @@ class IntakeAppService(AppService):
                         len(events) - len(valid))
         if valid:
             try:
-                valid, already_known = await self._record(txn_id, valid)
+                valid, already_known, partitions = await self._record(txn_id, valid)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 # Not stored: make the homeserver retry rather than lose the events.
                 log.error("Transaction %s not recorded, asking for a retry: %s", txn_id, e)
@@ -147,14 +153,22 @@ class IntakeAppService(AppService):
                 return _error(503, "M_UNKNOWN", "could not record the transaction, retry later")
             if self.on_transaction is not None:
                 self.on_transaction(valid, True, already_known)
-            result = self.on_recorded({e["room_id"] for e in valid})
+            result = self.on_recorded({e["room_id"] for e in valid}, partitions)
             if result is not None:
                 await result
         log.debug("Transaction %s: recorded %d event(s)", txn_id, len(valid))
         return web.json_response({})
 
-    async def _record(self, txn_id: str, events: list[dict]) -> tuple[list[dict], int]:
-        """Record the events; returns those stored, and how many the inbox had already.
+    async def _partitions(self, conn, events: list[dict]) -> dict[str, int] | None:
+        if self.partitions is None:
+            return None
+        return await room_partitions.of_rooms(conn, {e["room_id"] for e in events},
+                                              self.partitions)
+
+    async def _record(self, txn_id: str, events: list[dict]
+                      ) -> tuple[list[dict], int, dict[str, int] | None]:
+        """Record the events; returns those stored, how many the inbox had already, and
+        (several processes) the partition of each room's events.
         An error about one event's data (not about the database being away) must not fail
         the transaction, which the homeserver would retry, with everything after it, for
         ever: such a transaction is recorded event by event, skipping what is refused."""
@@ -163,8 +177,9 @@ class IntakeAppService(AppService):
                 already_known = await conn.fetchval(
                     "SELECT count(*) FROM inbox WHERE event_id = ANY($1::text[])",
                     [e["event_id"] for e in events])
-                await inbox.record(conn, events)
-            return events, already_known
+                partitions = await self._partitions(conn, events)
+                await inbox.record(conn, events, partitions)
+            return events, already_known, partitions
         except asyncpg.PostgresError as e:
             if is_transient(e):
                 raise
@@ -172,17 +187,18 @@ class IntakeAppService(AppService):
                         txn_id, type(e).__name__)
         stored = []
         async with self.pool.acquire() as conn:
+            partitions = await self._partitions(conn, events)
             for event in events:
                 try:
                     async with conn.transaction():
-                        await inbox.record(conn, [event])
+                        await inbox.record(conn, [event], partitions)
                     stored.append(event)
                 except asyncpg.PostgresError as e:
                     if is_transient(e):
                         raise
                     log.warning("Transaction %s: skipped an event the database refused (%s)",
                                 txn_id, type(e).__name__)
-        return stored, 0
+        return stored, 0, partitions
 
     async def _http_ping(self, request: web.Request) -> web.Response:
         if (denied := self._token_error(request)) is not None:

@@ -25,7 +25,7 @@ from bridge.encryption.ghost_devices import GhostDevices
 from bridge.group_calls import GROUP_CALL_STATE_TYPES
 from bridge.i18n.notices import language_of_room, notice_content
 from bridge.store import calls as call_ids
-from bridge.store import conversations, users
+from bridge.store import conversations, room_partitions, users
 from bridge.store.conversations import Conversation, Side
 
 log = logging.getLogger("bridge.portal")
@@ -69,6 +69,10 @@ class Portal:
         # mode's question. Awaited before the conversation becomes active.
         self.opening_notice: (Callable[[Conversation], Awaitable[tuple[str, dict] | None]]
                               | None) = None
+        # Several processes (bridge/cluster/): a partition this process owns, for a new
+        # conversation's rooms (so this process goes on handling them, with both ghosts'
+        # encryption devices, which it made). None: one process.
+        self.choose_partition: Callable[[int], int] | None = None
 
     def ghost(self, ghost_id: str) -> IntentAPI:
         return self.appservice.intent.user(ghost_id)
@@ -188,6 +192,7 @@ class Portal:
             # has no transaction ID). Reuse it rather than leave it orphaned.
             joined = await ghost.get_joined_rooms()
             if joined:
+                await self._place(conv, joined[0])
                 await conversations.set_room(self.pool, conv.id, side.side, joined[0])
                 log.info("Conversation %d: side %d room %s (recovered)",
                          conv.id, side.side, joined[0])
@@ -241,9 +246,19 @@ class Portal:
         # event in a transaction (Crypto.handle_state).
         store.encryption[room_id] = (RoomEncryptionStateEventContent(
             algorithm=EncryptionAlgorithm.MEGOLM_V1) if encrypted else None)
+        await self._place(conv, room_id)
         await conversations.set_room(self.pool, conv.id, side.side, room_id)
         log.info("Conversation %d: side %d room %s", conv.id, side.side, room_id)
         return room_id, invited
+
+    async def _place(self, conv: Conversation, room_id: str) -> None:
+        """Several processes: the room goes in its conversation's partition (chosen by the
+        first side placed; a resumed opening keeps it). Events recorded before this are
+        handled where the room ID hashes to, each in turn (inbox.partition)."""
+        if self.choose_partition is not None:
+            partition = await room_partitions.claim(self.pool, conv.id,
+                                                    self.choose_partition(conv.id))
+            await room_partitions.put(self.pool, room_id, partition)
 
     async def greet(self, conv: Conversation) -> None:
         first = await self.opening_notice(conv) if self.opening_notice else None
@@ -276,6 +291,8 @@ class Portal:
             await self._close_side(conv, side, goodbye_said=True)
             await conversations.mark_closed(self.pool, conv.id, side.side)
         await call_ids.forget(self.pool, conv.id)  # no call event is relayed any more
+        if self.choose_partition is not None:
+            await room_partitions.forget(self.pool, [s.room_id for s in conv.sides if s.room_id])
         if self.on_closed:
             self.on_closed([s.room_id for s in conv.sides if s.room_id],
                            [s.ghost_id for s in conv.sides])

@@ -187,8 +187,9 @@ class Recovery:
                 rooms.append((room_id, owner, self.appservice.intent))
         if only is not None:
             rooms = [room for room in rooms if room[0] in only]
-        if self.dispatcher.owns is not None:  # several processes: each reads its own rooms
-            rooms = [room for room in rooms if self.dispatcher.owns(room[0])]
+        if self.dispatcher.partitions is not None:  # several processes: each its own rooms
+            owned = set(await self.dispatcher.owned([room[0] for room in rooms]))
+            rooms = [room for room in rooms if room[0] in owned]
         limit = asyncio.Semaphore(4)
         young_rooms: set[str] = set()
 

@@ -27,7 +27,6 @@ import asyncpg
 
 from bridge.cluster import notices
 from bridge.metrics import definitions as metrics
-from bridge.cluster.partitions import partition_of
 
 log = logging.getLogger("bridge.cluster")
 
@@ -57,7 +56,7 @@ class Ownership:
                  gained: Callable[[frozenset[int]], Awaitable[None]],
                  losing: Callable[[frozenset[int]], Awaitable[None]],
                  leading: Callable[[bool], Awaitable[None]],
-                 woken: Callable[[list[str]], None],
+                 woken: Callable[[list[str], dict[str, int]], None],
                  checked: Callable[[str], None] | None = None) -> None:
         self.uri = uri
         self.partitions = partitions
@@ -78,8 +77,8 @@ class Ownership:
         # then rarely try the same ones.
         self._offset = zlib.crc32(instance.encode()) % partitions
 
-    def owns(self, room_id: str) -> bool:
-        return partition_of(room_id, self.partitions) in self.owned
+    def owns_partition(self, partition: int) -> bool:
+        return partition in self.owned
 
     async def start(self) -> None:
         """Join, take a share (and the lead if free), then keep balancing."""
@@ -141,9 +140,10 @@ class Ownership:
                 conn.terminate()
 
     def _on_rooms(self, _conn, _pid, _channel, payload: str) -> None:
-        mine = [room_id for room_id in notices.room_ids(payload) if self.owns(room_id)]
+        mine = {room_id: partition for room_id, partition in notices.rooms(payload).items()
+                if partition in self.owned}
         if mine:
-            self.woken(mine)
+            self.woken(list(mine), mine)
 
     def _on_members(self, _conn, _pid, _channel, _payload: str) -> None:
         self._nudge.set()

@@ -17,6 +17,7 @@ Where their state lives (the crypto_* tables, room state) is crypto_store.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -59,6 +60,10 @@ class MisconfiguredMode(RuntimeError):
     """The encryption mode in the config does not match the registration."""
 
 
+class DeviceMoved(TimeoutError):  # transient, like any timeout: the caller tries again
+    """The device was stopped (let go to another process, or the bridge is stopping)."""
+
+
 class Undecryptable(Exception):
     """An encrypted event that will never decrypt (malformed, replayed, wrong room...)."""
 
@@ -87,6 +92,28 @@ class Crypto:
         self.appservice_mode: bool = config["bridge.encryption.appservice"]
         self._sync_task: asyncio.Task | None = None
         self._cancellable = self._stopping = self._relogin = False
+        # Uses under way (encrypting, decrypting, a to-device message): stop() waits for
+        # them, so a device let go to another process is never used here after.
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def abandon(self) -> None:
+        """Not to be used here any more, from now (stop() still closes it)."""
+        self._stopping = True
+
+    @contextlib.asynccontextmanager
+    async def _use(self):
+        if self._stopping:
+            raise DeviceMoved(f"the device of {self.intent.mxid} is stopped here")
+        self._busy += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.set()
 
     async def start(self) -> None:
         await self.store.open()
@@ -167,6 +194,10 @@ class Crypto:
         the device is done for good (a ghost whose conversation ended): log it out, which
         deletes it and its keys on the homeserver, and delete its keys here."""
         self._stopping = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), KEY_WAIT_SECONDS + 5)
+        except asyncio.TimeoutError:
+            log.warning("%s's device stops with uses still under way", self.intent.mxid)
         task, self._sync_task = self._sync_task, None
         if task is not None:
             if self._cancellable:
@@ -250,15 +281,17 @@ class Crypto:
     # What /sync (classic mode) or a transaction (appservice mode) brings for this device.
 
     async def handle_to_device(self, evt: ToDeviceEvent) -> None:
-        if evt.type == EventType.TO_DEVICE_ENCRYPTED:  # room keys, in Olm
-            await self.machine.handle_to_device_event(evt)
-        elif evt.type == EventType.ROOM_KEY_REQUEST:
-            await self.machine.handle_room_key_request(evt)
+        async with self._use():
+            if evt.type == EventType.TO_DEVICE_ENCRYPTED:  # room keys, in Olm
+                await self.machine.handle_to_device_event(evt)
+            elif evt.type == EventType.ROOM_KEY_REQUEST:
+                await self.machine.handle_room_key_request(evt)
 
     async def handle_otk_count(self, counts: dict) -> None:
         """Upload more one-time keys when the homeserver says few are left."""
-        await self.machine.handle_otk_count(
-            DeviceOTKCount(signed_curve25519=counts.get("signed_curve25519", 0)))
+        async with self._use():
+            await self.machine.handle_otk_count(
+                DeviceOTKCount(signed_curve25519=counts.get("signed_curve25519", 0)))
 
     async def handle_device_lists(self, changed: list[str]) -> None:
         """Refetch the keys of tracked users whose devices changed (the device list store
@@ -289,6 +322,10 @@ class Crypto:
     async def decrypt(self, event: dict, timeout: float = KEY_WAIT_SECONDS) -> dict | None:
         """The event with type and content decrypted, or None when its key has not come within
         `timeout` seconds. Raises Undecryptable for events that never will decrypt."""
+        async with self._use():
+            return await self._decrypt(event, timeout)
+
+    async def _decrypt(self, event: dict, timeout: float) -> dict | None:
         try:
             evt = EncryptedEvent.deserialize(event)
         except Exception as e:
@@ -334,6 +371,11 @@ class Crypto:
                       intent: IntentAPI | None = None) -> tuple[str, dict]:
         """("m.room.encrypted", content) to send into the room; shares a megolm session with
         every member's devices first when needed. `intent`: a member (default the bot)."""
+        async with self._use():
+            return await self._encrypt(room_id, event_type, content, intent)
+
+    async def _encrypt(self, room_id: str, event_type: str, content: dict,
+                       intent: IntentAPI | None) -> tuple[str, dict]:
         await self.rooms.fetch(room_id, intent)
         etype = EventType.find(event_type, EventType.Class.MESSAGE)
         try:

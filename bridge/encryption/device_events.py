@@ -6,18 +6,26 @@ users whose device lists changed and our devices' one-time key counts (MSC3202).
 to-device message is sent once and dropped by the homeserver when the transaction is
 acknowledged, so everything here is handled (room keys stored) BEFORE the transaction is
 answered; a failure worth retrying fails the transaction, and the homeserver sends it again.
+
+With several processes (`routing`), a message for a device this process does not hold (a
+ghost's in a conversation another process handles, another process's bot device) is stored
+in device_inbox before the answer, and the holder is woken to take it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import secrets
-from typing import Awaitable
+from typing import Awaitable, Callable
+
+import asyncpg
 
 from mautrix.client.syncer import SyncStream
 from mautrix.types import EventType, ToDeviceEvent
 
+from bridge.background import Background
 from bridge.dispatcher import is_transient
+from bridge.encryption import device_inbox
 from bridge.encryption.crypto import Crypto
 from bridge.encryption.ghost_devices import GhostDevices
 
@@ -66,10 +74,70 @@ class DeviceEvents:
         self.ghosts: GhostDevices | None = None
         self.ready = asyncio.Event()
         self._checks: dict[str, asyncio.Future] = {}
+        # Several processes: where messages for devices held elsewhere wait, and how their
+        # holder is woken (device_inbox.name() of the device).
+        self.pool: asyncpg.Pool | None = None
+        self.wake_holder: Callable[[str], Awaitable[None]] | None = None
+        self.background: Background | None = None
+        self._draining: dict[str, asyncio.Lock] = {}
 
     def start(self, bot: Crypto, ghosts: GhostDevices) -> None:
         self.bot, self.ghosts = bot, ghosts
         self.ready.set()
+
+    @property
+    def routing(self) -> bool:
+        return self.pool is not None
+
+    def held(self, user_id: str, device_id: str) -> Crypto | None:
+        """The device, if this process holds it now (never starts one)."""
+        if user_id == self.bot.client.mxid:
+            return self.bot if self.bot.device_id == device_id else None
+        device = self.ghosts.running(user_id)
+        return device if device is not None and device.device_id == device_id else None
+
+    async def _ours(self, user_id: str, device_id: str) -> bool:
+        """Whether the device is one of the bridge's (the bot's devices: one per process)."""
+        return bool(await self.pool.fetchval(
+            """SELECT 1 FROM crypto_account WHERE device_id = $1
+               AND (account_id = $2 OR starts_with(account_id, $2 || '/'))""",
+            device_id, user_id))
+
+    async def _elsewhere(self, user_id: str, device_id: str, kind: str, payload: dict) -> None:
+        """Keep it for the device's holder (whoever takes the device next, if none)."""
+        if not await self._ours(user_id, device_id):
+            log.debug("%s for %s's device %s, which we do not have: dropped", kind, user_id,
+                      device_id)
+            return
+        await device_inbox.store(self.pool, user_id, device_id, kind, payload)
+        await self.wake_holder(device_inbox.name(user_id, device_id))
+
+    def stored(self, name: str) -> None:
+        """Something waits in device_inbox for this device: take it, if it is ours now."""
+        parsed = device_inbox.parse_name(name)
+        if parsed is None or not self.ready.is_set():
+            return
+        if (device := self.held(*parsed)) is not None and self.background is not None:
+            self.background.spawn(self.take_stored(parsed[0], device), "stored to-device")
+
+    async def take_stored(self, user_id: str, device: Crypto) -> None:
+        """Handle what waits for the device (it is held here), in order, once."""
+        name = device_inbox.name(user_id, device.device_id)
+        lock = self._draining.setdefault(name, asyncio.Lock())
+        try:
+            async with lock:
+                await device_inbox.drain(self.pool, user_id, device.device_id,
+                                         lambda kind, payload: self._stored(device, kind,
+                                                                            payload))
+        finally:
+            if not lock.locked():
+                self._draining.pop(name, None)
+
+    async def _stored(self, device: Crypto, kind: str, payload: dict) -> None:
+        if kind == device_inbox.OTK_COUNT:
+            await self._guard("one-time key count", device.handle_otk_count(payload["counts"]))
+        else:
+            await self._to_device(payload["event"], payload.get("bot_counts", False))
 
     async def find(self, user_id: str, device_id: str) -> Crypto | None:
         """The device, or None for one we do not have (e.g. a ghost's deleted device)."""
@@ -97,7 +165,12 @@ class DeviceEvents:
             await self._to_device(raw, bot_counts)
         for user_id, devices in _first(body, OTK_COUNT_KEYS, dict).items():
             for device_id, count in devices.items() if isinstance(devices, dict) else ():
-                if isinstance(count, dict) and (device := await self.find(user_id, device_id)):
+                if not isinstance(count, dict):
+                    continue
+                if self.routing and self.held(user_id, device_id) is None:
+                    await self._elsewhere(user_id, device_id, device_inbox.OTK_COUNT,
+                                          {"counts": count})
+                elif device := await self.find(user_id, device_id):
                     await self._guard("one-time key count", device.handle_otk_count(count))
 
     async def check_delivery(self, timeout: float = DELIVERY_CHECK_TIMEOUT) -> bool:
@@ -142,11 +215,17 @@ class DeviceEvents:
         if not _is_to_device(raw):
             log.warning("Skipped a malformed to-device event")
             return
+        user_id, device_id = raw["to_user_id"], raw["to_device_id"]
+        if self.routing and self.held(user_id, device_id) is None:
+            # (another process's start-up check included: it waits for it)
+            await self._elsewhere(user_id, device_id, device_inbox.TO_DEVICE,
+                                  {"event": raw, "bot_counts": bot_counts})
+            return
         if raw["type"] == DELIVERY_CHECK.t and raw["sender"] == self.bot.client.mxid:
             if (check := self._checks.get(raw["content"].get("nonce"))) and not check.done():
                 check.set_result(bot_counts)
             return
-        device = await self.find(raw["to_user_id"], raw["to_device_id"])
+        device = await self.find(user_id, device_id)
         if device is None:
             log.debug("To-device %s for %s's device %s, which we do not have: dropped",
                       raw["type"], raw["to_user_id"], raw["to_device_id"])

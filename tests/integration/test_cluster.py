@@ -16,7 +16,7 @@ from bridge.cluster import notices
 from bridge.cluster.ownership import Ownership
 from bridge.cluster.partitions import partition_of, partition_sql
 from bridge.dispatcher import Dispatcher, Outcome
-from bridge.store import inbox
+from bridge.store import inbox, room_partitions
 
 PARTITIONS = 16
 TIMEOUT = 20
@@ -33,7 +33,7 @@ class Member:
         self.lost: list[frozenset[int]] = []
         self.ownership = Ownership(uri, PARTITIONS, name, gained=self._gained,
                                    losing=self._losing, leading=self._leading,
-                                   woken=self.woken.extend)
+                                   woken=lambda rooms, _partitions: self.woken.extend(rooms))
 
     async def _gained(self, partitions):
         self.gained.append(partitions)
@@ -98,11 +98,19 @@ async def test_python_and_sql_cut_rooms_the_same_way(pool):
 
 
 def test_long_wake_lists_are_cut_below_postgres_payload_limit():
-    rooms = room_ids(1000)
+    rooms = {room_id: i % PARTITIONS for i, room_id in enumerate(room_ids(1000))}
     payloads = notices.payloads(rooms)
     assert len(payloads) > 1
     assert all(len(p.encode()) <= notices.MAX_PAYLOAD_BYTES for p in payloads)
-    assert sorted(r for p in payloads for r in notices.room_ids(p)) == sorted(rooms)
+    heard = {}
+    for payload in payloads:
+        heard.update(notices.rooms(payload))
+    assert heard == rooms
+
+
+def test_a_malformed_wake_line_is_skipped():
+    assert notices.rooms("!a:hs\t3\n!b:hs\n\tx\n!c:hs\t-1\n!d:hs\t7") == {"!a:hs": 3,
+                                                                         "!d:hs": 7}
 
 
 async def test_partitions_shared_evenly_and_one_leader(members):
@@ -171,7 +179,7 @@ async def test_a_notice_wakes_only_the_owner(members, pool):
     a, b = await members("a"), await members("b")
     await settle([a, b])
     rooms = room_ids(40, seed=3)
-    await notices.send(pool, rooms)
+    await notices.send(pool, {r: partition_of(r, PARTITIONS) for r in rooms})
 
     async def told():
         while len(a.woken) + len(b.woken) < len(rooms):
@@ -194,7 +202,8 @@ class Process:
         self.ownership = Ownership(
             uri, PARTITIONS, name, gained=self.gained, losing=self.losing,
             leading=self.leading, woken=self.dispatcher.kick)
-        self.dispatcher.owns = self.ownership.owns
+        self.dispatcher.partitions = PARTITIONS
+        self.dispatcher.owns_partition = self.ownership.owns_partition
         self.dispatcher.kick_elsewhere = lambda rooms: asyncio.create_task(
             notices.send(pool, rooms))
         self.pool = pool
@@ -209,7 +218,7 @@ class Process:
                                                                 PARTITIONS))
 
     async def losing(self, partitions):
-        await self.dispatcher.release(lambda r: partition_of(r, PARTITIONS) in partitions)
+        await self.dispatcher.release(partitions)
 
     async def leading(self, _):
         pass
@@ -225,8 +234,9 @@ class Process:
 
 async def test_events_handed_over_mid_stream_are_handled_once_in_order(database_uri):
     """Events keep arriving (recorded by whichever process) while processes come and go,
-    gracefully and by losing their connection: each event handled exactly once, each room in
-    order."""
+    gracefully and by losing their connection, and while half the rooms move to another
+    partition (as a chat room does when its conversation's partition is written): each event
+    handled exactly once, each room in order."""
     pools = [await asyncpg.create_pool(database_uri, min_size=1, max_size=5) for _ in range(3)]
     log: dict[str, list[str]] = defaultdict(list)
     processes = [Process(database_uri, pools[i], f"p{i}", log) for i in range(3)]
@@ -245,8 +255,14 @@ async def test_events_handed_over_mid_stream_are_handled_once_in_order(database_
                                "type": "m.room.message", "sender": "@u:hs.example",
                                "content": {}})
             async with recorder.pool.acquire() as conn, conn.transaction():
-                await inbox.record(conn, events)
-            recorder.dispatcher.kick({e["room_id"] for e in events})
+                partitions = await room_partitions.of_rooms(
+                    conn, {e["room_id"] for e in events}, PARTITIONS)
+                await inbox.record(conn, events, partitions)
+            recorder.dispatcher.kick({e["room_id"] for e in events}, partitions)
+            if batch == 20:  # half the rooms: their next events go to another partition
+                for room_id in rooms[::2]:
+                    await room_partitions.put(pools[2], room_id,
+                                              (partition_of(room_id, PARTITIONS) + 5) % PARTITIONS)
             if batch == 15:  # a graceful stop, then the process comes back
                 await processes[0].stop()
                 processes[0] = Process(database_uri, pools[0], "p0b", log)
@@ -274,7 +290,8 @@ async def test_a_delivery_check_notice_reaches_every_process(database_uri, pool)
     that gets it says so on CHECKS_CHANNEL, and every process hears it."""
     heard: dict[str, list[str]] = {"a": [], "b": []}
     made = [Ownership(database_uri, PARTITIONS, name, gained=_nothing, losing=_nothing,
-                      leading=_nothing, woken=lambda rooms: None, checked=heard[name].append)
+                      leading=_nothing, woken=lambda rooms, partitions: None,
+                      checked=heard[name].append)
             for name in ("a", "b")]
     for ownership in made:
         await ownership.start()

@@ -9,7 +9,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bridge.intake import IntakeAppService
 from bridge.state_store import TrimmedStateStore
-from bridge.store import inbox
+from bridge.cluster.partitions import partition_of
+from bridge.store import inbox, room_partitions
 
 HS_TOKEN = "hs-token-" + "h" * 32
 PATH = "/_matrix/app/v1/transactions/{}"
@@ -28,17 +29,20 @@ def event(event_id: str, room_id: str = "!room:example.org", **extra) -> dict:
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[set[str]] = []
+        self.partitions: list[dict[str, int] | None] = []
 
-    async def __call__(self, room_ids: set[str]) -> None:
+    async def __call__(self, room_ids: set[str], partitions: dict[str, int] | None) -> None:
         self.calls.append(room_ids)
+        self.partitions.append(partitions)
 
 
-async def make_client(pool, recorder, on_device_events=None) -> TestClient:
+async def make_client(pool, recorder, on_device_events=None, partitions=None) -> TestClient:
     appservice = IntakeAppService(
         server="http://127.0.0.1:1", domain="example.org", as_token="as-token-" + "a" * 32,
         hs_token=HS_TOKEN, bot_localpart="strangerbot", id="strangerbridge",
         state_store=TrimmedStateStore(), pool=pool, on_recorded=recorder)
     appservice.on_device_events = on_device_events
+    appservice.partitions = partitions
     client = TestClient(TestServer(appservice.app))
     await client.start_server()
     return client
@@ -157,6 +161,30 @@ async def test_valid_transaction_is_recorded(client, pool, recorder):
     assert [e for _, e in await inbox.pending(pool, "!a:example.org")] == [events[0], events[2]]
 
 
+async def test_several_processes_record_each_event_with_its_rooms_partition(pool, recorder):
+    """A chat room placed in its conversation's partition has its events recorded there;
+    any other room in the one its ID hashes to. The owner to wake is told which."""
+    await room_partitions.put(pool, "!chat:example.org", 5)
+    client = await make_client(pool, recorder, partitions=16)
+    try:
+        response = await put(client, "t1", {"events": [event("$1", "!chat:example.org"),
+                                                       event("$2", "!dm:example.org")]})
+        assert response.status == 200
+    finally:
+        await client.close()
+    hashed = partition_of("!dm:example.org", 16)
+    assert recorder.partitions == [{"!chat:example.org": 5, "!dm:example.org": hashed}]
+    rows = await pool.fetch("SELECT event_id, partition FROM inbox ORDER BY seq")
+    assert [(r["event_id"], r["partition"]) for r in rows] == [("$1", 5), ("$2", hashed)]
+    assert [p.partition for p in await inbox.pending(pool, "!chat:example.org", count=16)] == [5]
+
+
+async def test_one_process_records_no_partition(client, pool, recorder):
+    assert (await put(client, "t1", {"events": [event("$1")]})).status == 200
+    assert recorder.partitions == [None]
+    assert await pool.fetchval("SELECT partition FROM inbox") is None
+
+
 async def test_empty_transaction(client, pool, recorder):
     response = await put(client, "t1", {"events": []})
     assert response.status == 200
@@ -237,7 +265,7 @@ async def test_harmless_text_that_looks_like_an_escape_is_kept(client, pool):
 
 async def test_on_recorded_may_be_a_plain_function(pool):
     calls: list[set[str]] = []
-    client = await make_client(pool, calls.append)
+    client = await make_client(pool, lambda rooms, _partitions: calls.append(rooms))
     try:
         assert (await put(client, "t1", {"events": [event("$1")]})).status == 200
     finally:

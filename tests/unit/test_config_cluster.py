@@ -1,5 +1,5 @@
 """bridge.instance and bridge.cluster.*: defaults, the name used in logs, bad values named,
-and several processes refused while encryption is allowed."""
+and several processes with encryption needing a stable name each."""
 from __future__ import annotations
 
 import logging
@@ -31,10 +31,15 @@ def test_a_cluster_without_encryption_is_valid(tmp_path):
     assert config["bridge.cluster.partitions"] == 32
 
 
-def test_a_cluster_with_encryption_allowed_is_refused(tmp_path):
+def test_a_cluster_with_encryption_needs_a_named_instance(tmp_path):
+    """Each process keeps a bot device of its own under its name: a name that changes with
+    every start (the default, host and PID) would make a new device each time."""
     message = assert_invalid(tmp_path, valid(bridge={"cluster": {"enabled": True}}),
-                             "bridge.cluster.enabled")
+                             "bridge.instance")
     assert "bridge.encryption.allow" in message
+    config = load(tmp_path, valid(bridge={"instance": "bridge-1", "cluster": {"enabled": True}}))
+    config.validate()
+    assert config["bridge.encryption.allow"] is True
 
 
 @pytest.mark.parametrize("value", ["has space", "x" * 41, "évé", 5, ["a"]])
