@@ -62,15 +62,17 @@ async def published_master_key(client: Client) -> str | None:
 
 @contextlib.asynccontextmanager
 async def as_appservice(client: Client, as_token: str) -> AsyncIterator[None]:
-    """The client's requests made with the appservice's token (as the bot, the appservice's
-    own user), which replaces cross-signing keys without interactive auth. Appservice mode
-    uses that token already; classic mode's device token is put back after. Only while
-    nothing else uses the client (Crypto.start, before its sync loop)."""
-    token, client.api.token = client.api.token, as_token
+    """The client's requests made by the appservice, as the client's user (its token and
+    ?user_id=), which replaces cross-signing keys without interactive auth. Appservice mode
+    does so already; classic mode's device token is put back after. Only while nothing else
+    uses the client (Crypto.start, before its sync loop)."""
+    api = client.api
+    saved = api.token, api.as_user_id
+    api.token, api.as_user_id = as_token, client.mxid
     try:
         yield
     finally:
-        client.api.token = token
+        api.token, api.as_user_id = saved
 
 
 async def sign_own_device(machine: OlmMachine, pool: asyncpg.Pool, pickle_key: str,

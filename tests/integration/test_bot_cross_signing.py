@@ -42,7 +42,8 @@ class Machine:
 
     def __init__(self, hs: Homeserver, device_id: str) -> None:
         self.hs, self.device_id = hs, device_id
-        self.client = SimpleNamespace(mxid=BOT, api=SimpleNamespace(token=f"device-{device_id}"),
+        self.client = SimpleNamespace(mxid=BOT, api=SimpleNamespace(token=f"device-{device_id}",
+                                                                   as_user_id=None),
                                       query_keys=self._query_keys)
         self.keys = None
         self.own_identity = device_id
@@ -59,7 +60,8 @@ class Machine:
         if self.hs.hold is not None:
             await self.hs.hold.wait()
         self.hs.master = keys.master_key.public_key
-        self.hs.publications.append((self.hs.master, self.client.api.token))
+        api = self.client.api
+        self.hs.publications.append((self.hs.master, api.token, api.as_user_id))
         self.keys = keys
 
     async def sign_own_device(self, device) -> None:
@@ -76,8 +78,9 @@ async def test_the_first_device_makes_them_the_next_one_uses_them(pool):
     first, second = Machine(hs, "FIRST"), Machine(hs, "SECOND")
     assert await sign_own_device(first, pool, KEY, AS_TOKEN) == "new"
     seeds = await stored(pool)
-    assert hs.publications == [(olm.PkSigning(seeds.master_key).public_key, AS_TOKEN)]
-    assert first.client.api.token == "device-FIRST"  # the device's own token is back
+    assert hs.publications == [(olm.PkSigning(seeds.master_key).public_key, AS_TOKEN, BOT)]
+    # The device's own token is back.
+    assert (first.client.api.token, first.client.api.as_user_id) == ("device-FIRST", None)
     assert await sign_own_device(second, pool, KEY, AS_TOKEN) == "stored"
     assert len(hs.publications) == 1
     ssk = olm.PkSigning(seeds.self_signing_key).public_key
