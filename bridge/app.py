@@ -18,7 +18,7 @@ from bridge.config import Config
 from bridge.database import open_database
 from bridge.dispatcher import Dispatcher, is_transient
 from bridge.encryption import device_inbox
-from bridge.encryption.crypto import Crypto
+from bridge.encryption.crypto import Crypto, bot_account_id, bot_device_name
 from bridge.encryption.crypto_store import crypto_database, prune_expired_keys
 from bridge.encryption.device_events import DeviceEvents
 from bridge.encryption.ghost_devices import GhostDevices
@@ -172,7 +172,9 @@ class StrangerBridge:
             await self.crypto_db.start()
             async with self.pool.acquire() as conn:  # keys pickled with the placeholder
                 await adopt(conn, c["bridge.encryption.pickle_key"])
-            self.crypto = Crypto(self.appservice, c, self.state_store, self.pool, self.crypto_db)
+            # Cluster mode: a bot device per process (bot_account_id).
+            self.crypto = Crypto(self.appservice, c, self.state_store, self.pool, self.crypto_db,
+                                 account_id=bot_account_id(c), device_name=bot_device_name(c))
             await self.crypto.start()
             handler.crypto = self.portal.bot_crypto = self.crypto
             self.forgetting.crypto_db = self.crypto_db

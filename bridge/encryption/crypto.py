@@ -12,7 +12,10 @@ events always come through appservice transactions; what differs is the rest:
   to-device, MSC3202 device lists and key counts), routed here by device_events.py. No
   /sync per device: one connection for the whole bridge, however many ghosts.
 
-Where their state lives (the crypto_* tables, room state) is crypto_store.py.
+Where their state lives (the crypto_* tables, room state) is crypto_store.py. Each device's
+keys are under an account ID in the crypto store: its user's ID, except the bot's devices in
+cluster mode, one per process (bot_account_id). The bot's cross-signing keys are kept, so all
+its devices are signed by one key: cross_signing.py.
 """
 from __future__ import annotations
 
@@ -36,10 +39,12 @@ from mautrix.types import (DeviceLists, DeviceOTKCount, EncryptedEvent,
                            TrustState)
 from mautrix.util.async_db import Database
 
-from bridge.config import Config
+from bridge.config import Config, ConfigError
 from bridge.dispatcher import is_transient
+from bridge.encryption import cross_signing
 from bridge.encryption.crypto_store import RoomStates, delete_account
 from bridge.encryption.olm import BridgeCryptoStore, BridgeOlmMachine
+from bridge.encryption.pickle_key import PickleKeyError
 from bridge.state_store import TrimmedStateStore
 
 log = logging.getLogger("bridge.encryption.crypto")
@@ -54,6 +59,29 @@ MAX_CATCH_UP_SYNCS = 50
 # No rooms, no presence, no account data: to-device, device lists and OTK counts remain.
 SYNC_FILTER = Filter.deserialize({"room": {"rooms": []}, "presence": {"not_types": ["*"]},
                                   "account_data": {"not_types": ["*"]}})
+
+
+def bot_account_id(config: Config) -> str:
+    """Where the bot's device keys are in the crypto store. One process: the bot's ID, as
+    always (an existing deployment keeps its device). Cluster mode: one device per process,
+    named by bridge.instance, which must then be set and stay the same across restarts (the
+    default, host name and process ID, would make a new device at every start). mautrix's
+    PgCryptoStore uses the account ID only as the key of its account rows, never as a user
+    ID (that is the client's mxid)."""
+    if not config["bridge.cluster.enabled"]:
+        return config.bot_mxid
+    if not config["bridge.instance"]:
+        raise ConfigError("bridge.instance", "must be set in cluster mode with encryption: it "
+                                             "names this process's bot device (a different, "
+                                             "stable name per process, e.g. bridge-2)")
+    return f"{config.bot_mxid}/{config['bridge.instance']}"
+
+
+def bot_device_name(config: Config) -> str:
+    """The bot device's display name (shown in clients' device lists)."""
+    if not config["bridge.cluster.enabled"] or not config["bridge.instance"]:
+        return DEVICE_NAME
+    return f"{DEVICE_NAME} ({config['bridge.instance']})"
 
 
 class MisconfiguredMode(RuntimeError):
@@ -73,12 +101,16 @@ class Crypto:
 
     def __init__(self, appservice: AppService, config: Config, state_store: TrimmedStateStore,
                  pool: asyncpg.Pool, db: Database, *, intent: IntentAPI | None = None,
-                 device_name: str = DEVICE_NAME) -> None:
-        self.appservice, self.config, self.cache = appservice, config, state_store
+                 device_name: str = DEVICE_NAME, account_id: str | None = None) -> None:
+        """`intent`: the device's user (default the bot); `account_id`: where its keys are
+        in the crypto store (default its user's ID; the bot's: bot_account_id)."""
+        self.appservice, self.config, self.cache, self.pool = appservice, config, state_store, pool
         intent = intent or appservice.intent
         self.intent, self.device_name = intent, device_name
         self.rooms = RoomStates(state_store, intent, pool)
-        self.store = BridgeCryptoStore(intent.mxid, config["bridge.encryption.pickle_key"], db)
+        self.store = BridgeCryptoStore(account_id or intent.mxid,
+                                       config["bridge.encryption.pickle_key"], db,
+                                       user_id=intent.mxid)
         self.client = Client(mxid=intent.mxid, base_url=config["homeserver.address"],
                              client_session=appservice.http_session, state_store=state_store,
                              log=logging.getLogger("mau.crypto.client"), default_retry_count=4)
@@ -134,13 +166,21 @@ class Crypto:
             signed = bool(set(ssk.keys) & set(device.signatures.get(self.client.mxid, {})))
         if self.config["bridge.encryption.self_sign"] and not signed:
             # Clients following MSC4153 (Element's "exclude insecure devices") ignore devices
-            # their owner did not cross-sign: sign ours, once. The recovery key is not kept.
+            # their owner did not cross-sign: sign ours, once.
             try:
-                await self._cross_sign()
-                log.info("Cross-signed the bot's device %s", self.client.device_id)
+                if self.is_bot:
+                    await cross_signing.sign_own_device(
+                        self.machine, self.pool, self.config["bridge.encryption.pickle_key"],
+                        self.appservice.as_token)
+                else:
+                    await self._cross_sign()
+                log.info("Cross-signed %s's device %s", self.client.mxid, self.client.device_id)
+            except PickleKeyError:
+                raise
             except Exception as e:  # e.g. keys set up before: replacing them needs UIA
-                log.warning("Could not cross-sign the bot's device (%s); some clients will "
-                            "warn about it, encryption still works", e)
+                log.warning("Could not cross-sign %s's device %s (%s); some clients will "
+                            "warn about it, encryption still works", self.client.mxid,
+                            self.client.device_id, e)
         if not self.appservice_mode:
             filter_id = await self.client.create_filter(SYNC_FILTER)
             self._sync_task = asyncio.create_task(self._sync_loop(filter_id), name="crypto sync")
@@ -150,7 +190,8 @@ class Crypto:
                  "reused" if known_device else "new")
 
     async def _cross_sign(self) -> None:
-        """Make cross-signing keys and sign the device with them: three requests. mautrix's
+        """A ghost's device (the only device of its user): make cross-signing keys and sign
+        the device with them, three requests; the keys are not kept. mautrix's
         generate_recovery_key also puts the keys into secret storage under a new recovery
         key, five more requests per device (two per encrypted chat) for a key that nobody
         would keep. Its two steps are private in mautrix: the version range in
@@ -161,6 +202,15 @@ class Crypto:
     @property
     def device_id(self) -> str:
         return self.client.device_id
+
+    @property
+    def account_id(self) -> str:
+        """Where this device's keys are in the crypto store (crypto_*.account_id)."""
+        return self.store.account_id
+
+    @property
+    def is_bot(self) -> bool:
+        return self.client.mxid == self.config.bot_mxid
 
     async def _login(self, device_id: str | None) -> None:
         self.client.api.token = self.appservice.as_token
@@ -213,7 +263,9 @@ class Crypto:
                     await self.client.logout()  # deletes the device it was made for
             except Exception as e:
                 log.warning("Could not delete %s's device: %s", self.client.mxid, e)
-            await delete_account(self.store.db, self.client.mxid)
+            # (A ghost's account ID is its user's ID: its device keys and cross-signing keys
+            # go too. A bot device of a cluster has its own: only its account's rows go.)
+            await delete_account(self.store.db, self.account_id)
         await self.store.close()
 
     async def _catch_up(self, filter_id: str) -> None:

@@ -116,8 +116,12 @@ class BridgeCryptoStore(PgCryptoStore):
     (crypto_message_index) is not cached: it is checked in PostgreSQL for every message.
     """
 
-    def __init__(self, account_id: str, pickle_key: str, db: Database) -> None:
+    def __init__(self, account_id: str, pickle_key: str, db: Database, *,
+                 user_id: str | None = None) -> None:
+        """`user_id`: the device's user, when the account ID is not it (the bot's devices in
+        cluster mode, one per process: crypto.bot_account_id)."""
         super().__init__(account_id, pickle_key, db)
+        self.user_id = user_id or account_id
         self._inbound: OrderedDict[str, _Inbound] = OrderedDict()  # by session ID
         self._inbound_generation = 0
         self._outbound: dict[str, OutboundGroupSession] = {}
@@ -143,7 +147,7 @@ class BridgeCryptoStore(PgCryptoStore):
         await super().close()
         self._forget_inbound(*self._inbound)
         self._forget_outbound(*self._outbound)
-        self._devices.forget(self.account_id)
+        self._devices.forget(self.user_id)
 
     # -- inbound megolm sessions -------------------------------------------------------------
     # mautrix writes a session back after every decryption (_ratchet_session), only to record

@@ -4,16 +4,19 @@ mautrix's PgCryptoStore pickles (encrypts with the key) four columns, and only t
 the Olm account of each device (crypto_account.account), its Olm sessions
 (crypto_olm_session.session), and its inbound and outbound Megolm sessions
 (crypto_megolm_inbound_session.session, NULL once redacted; crypto_megolm_outbound_session
-.session). Everything else in the crypto tables is public keys, IDs and bookkeeping.
+.session). Everything else in the crypto tables is public keys, IDs and bookkeeping. Beside
+them the bridge keeps one secret of its own under the same key: the bot's cross-signing seeds
+(bot_cross_signing.seeds, bridge/encryption/cross_signing.py), sealed by seal() below.
 
-Changing the key means re-pickling those four columns, all in one transaction, so the
-database holds either the old key's pickles or the new key's, never a mix. Each row is
-tried with the new key first: a rotation interrupted before its commit, or run twice, or run
-by two processes at once (the tables are locked), finds the rows it already moved and leaves
-them. A row neither key opens stops the rotation (nothing changes) and is named.
+Changing the key means re-pickling those four columns and re-sealing the seeds, all in one
+transaction, so the database holds either the old key's pickles or the new key's, never a
+mix. Each row is tried with the new key first: a rotation interrupted before its commit, or
+run twice, or run by two processes at once (the tables are locked), finds the rows it
+already moved and leaves them. A row neither key opens stops the rotation (nothing changes) and is named.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -22,6 +25,9 @@ from dataclasses import dataclass
 
 import asyncpg
 import olm
+from mautrix.crypto.ssss import Key
+from mautrix.crypto.ssss.types import EncryptedKeyData
+from mautrix.types import SerializerError
 from mautrix.util.config.file import yaml
 
 from bridge.config import PLACEHOLDER_PICKLE_KEY as PLACEHOLDER, Config
@@ -41,6 +47,10 @@ PICKLED = (
      olm.OutboundGroupSession),
 )
 _OLM_ERRORS = (olm.OlmAccountError, olm.OlmSessionError, olm.OlmGroupSessionError)
+# Secrets the bridge seals itself (table, key column, sealed column): alembic's tables.
+SEALED = (("bot_cross_signing", "user_id", "seeds"),)
+# What the seal's encryption and MAC keys are derived for (HKDF's info).
+_SEAL_PURPOSE = "org.strangerbridge.sealed"
 
 
 class PickleKeyError(Exception):
@@ -64,18 +74,41 @@ def _opens(kind: type, pickle: bytes, key: str) -> object | None:
         return None
 
 
+def seal(secret: bytes, key: str) -> str:
+    """`secret` encrypted with the pickle key, as text. libolm's pickles are for its own
+    objects only, so this is Matrix's secret-storage encryption (m.secret_storage.v1.
+    aes-hmac-sha2: AES-256-CTR and HMAC-SHA-256, both keys derived from the pickle key by
+    HKDF), as libolm derives its pickle cipher's keys from the pickle key by HKDF."""
+    sealed = Key(id="", key=key.encode(), metadata=None).encrypt(_SEAL_PURPOSE, secret)
+    return json.dumps(sealed.serialize())
+
+
+def unseal(sealed: str, key: str) -> bytes | None:
+    """What seal() sealed, or None when `key` is not the key it was sealed with (the MAC
+    does not match) or the text is not a seal."""
+    try:
+        data = EncryptedKeyData.deserialize(json.loads(sealed))
+        return Key(id="", key=key.encode(), metadata=None).decrypt(_SEAL_PURPOSE, data)
+    except (ValueError, TypeError, AttributeError, SerializerError):
+        return None
+
+
 async def _has_crypto_tables(conn: asyncpg.Connection) -> bool:
     return await conn.fetchval("SELECT to_regclass('crypto_account') IS NOT NULL")
 
 
 async def rotate(conn: asyncpg.Connection, old: str, new: str) -> Rotated:
-    """Re-pickle every stored Olm account and session from `old` to `new`, in one
-    transaction. Raises PickleKeyError (and changes nothing) if a row opens with neither."""
+    """Re-pickle every stored Olm account and session, and re-seal the sealed secrets, from
+    `old` to `new`, in one transaction. Raises PickleKeyError (and changes nothing) if a row
+    opens with neither."""
     result = Rotated()
     if not await _has_crypto_tables(conn):
         return result
+    sealed_tables = [entry for entry in SEALED
+                     if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", entry[0])]
     async with conn.transaction():
-        tables = ", ".join(table for table, *_ in PICKLED)
+        tables = ", ".join([table for table, *_ in PICKLED]
+                           + [table for table, *_ in sealed_tables])
         # No bridge process may write a pickle (with either key) while they are re-written.
         await conn.execute(f"LOCK TABLE {tables} IN SHARE ROW EXCLUSIVE MODE")
         for table, keys, column, kind in PICKLED:
@@ -93,6 +126,17 @@ async def rotate(conn: asyncpg.Connection, old: str, new: str) -> Rotated:
                                          f"new pickle key")
                 await conn.execute(f"UPDATE {table} SET {column} = $1 WHERE {where}",
                                    opened.pickle(new), *(row[k] for k in keys))
+                result.moved += 1
+        for table, key, column in sealed_tables:
+            for row in await conn.fetch(f"SELECT {key}, {column} AS sealed FROM {table}"):
+                if unseal(row["sealed"], new) is not None:
+                    result.already += 1
+                    continue
+                if (secret := unseal(row["sealed"], old)) is None:
+                    raise PickleKeyError(f"{table} ({key}={row[key]}) opens with neither the "
+                                         f"old nor the new pickle key")
+                await conn.execute(f"UPDATE {table} SET {column} = $1 WHERE {key} = $2",
+                                   seal(secret, new), row[key])
                 result.moved += 1
     return result
 
