@@ -18,7 +18,7 @@ TABLES = {"users", "waiting", "conversations", "conversation_sides", "inbox", "r
           "waiting_keys", "recent_pairs", "call_ids", "policy_rooms", "policy_rules",
           "start_limits", "evidence", "reports", "sanctions", "server_bans", "moderation_log",
           "bridge_state", "reveal_requests", "discussers", "questions", "question_mirrored",
-          "forget_pending", "bot_cross_signing"}
+          "forget_pending", "bot_cross_signing", "room_partitions", "device_inbox"}
 
 
 @pytest.fixture
