@@ -167,10 +167,14 @@ class DeviceEvents:
             for device_id, count in devices.items() if isinstance(devices, dict) else ():
                 if not isinstance(count, dict):
                     continue
-                if self.routing and self.held(user_id, device_id) is None:
-                    await self._elsewhere(user_id, device_id, device_inbox.OTK_COUNT,
-                                          {"counts": count})
-                elif device := await self.find(user_id, device_id):
+                if self.routing:
+                    if (device := self.held(user_id, device_id)) is None:
+                        await self._elsewhere(user_id, device_id, device_inbox.OTK_COUNT,
+                                              {"counts": count})
+                        continue
+                else:
+                    device = await self.find(user_id, device_id)
+                if device is not None:
                     await self._guard("one-time key count", device.handle_otk_count(count))
 
     async def check_delivery(self, timeout: float = DELIVERY_CHECK_TIMEOUT) -> bool:
@@ -225,7 +229,8 @@ class DeviceEvents:
             if (check := self._checks.get(raw["content"].get("nonce"))) and not check.done():
                 check.set_result(bot_counts)
             return
-        device = await self.find(user_id, device_id)
+        device = (self.held(user_id, device_id) if self.routing
+                  else await self.find(user_id, device_id))
         if device is None:
             log.debug("To-device %s for %s's device %s, which we do not have: dropped",
                       raw["type"], raw["to_user_id"], raw["to_device_id"])
